@@ -1,0 +1,39 @@
+"""Shared entry-point wrapper for the stage scripts: one-line errors, non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable
+
+from hms_core.config import ParamsError, load_params
+from hms_core.data import DataError
+from hms_core.engine import Interrupted, NonFiniteLoss
+from hms_core.transplant import TransplantError
+
+# Errors a user can fix from the message alone: print it, no traceback.
+USER_ERRORS = (ParamsError, DataError, TransplantError, NonFiniteLoss, FileNotFoundError, ValueError)
+
+
+def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
+              parser: argparse.ArgumentParser) -> None:
+    """Parse arguments, load and validate params.yaml, run ``main``; map errors to exit codes."""
+    args = parser.parse_args()
+    try:
+        params = load_params(args.params)
+        main(args, params)
+    except Interrupted as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(2)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser

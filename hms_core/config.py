@@ -1,0 +1,178 @@
+"""One place that reads and validates ``params.yaml``.
+
+Every stage calls :func:`load_params` before doing any work, so a typo or a
+bad value fails at once with a message that names the key, never hours into a run.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from hms_core.heads import HEADS
+from hms_core.hms import MODES
+from hms_core.labels import GROUPINGS
+from hms_core.trunks import TRUNKS
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A params.yaml value that is missing, of the wrong type, or out of range."""
+
+
+Check = Callable[[str, Any], None]
+
+
+def _fail(key: str, expected: str, value: Any) -> None:
+    raise ParamsError(f"{PARAMS_FILE}: '{key}' must be {expected}, got {value!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int | None = None, high: int | None = None) -> Check:
+    def check(key: str, v: Any) -> None:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        if not ok or (low is not None and v < low) or (high is not None and v > high):
+            bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
+            _fail(key, "an integer" + (bounds if low is not None else ""), v)
+    return check
+
+
+def number(positive: bool = False, low: float | None = None, high: float | None = None) -> Check:
+    def check(key: str, v: Any) -> None:
+        if not _is_number(v) or (positive and v <= 0) or (low is not None and v < low) \
+                or (high is not None and v > high):
+            what = "a positive number" if positive else "a number"
+            if low is not None or high is not None:
+                what += f" in [{low}, {high}]"
+            _fail(key, what, v)
+    return check
+
+
+def boolean(key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        _fail(key, "true or false", v)
+
+
+def string(key: str, v: Any) -> None:
+    if not isinstance(v, str) or not v:
+        _fail(key, "a non-empty string", v)
+
+
+def choice(*options: Any) -> Check:
+    def check(key: str, v: Any) -> None:
+        if v not in options:
+            _fail(key, "one of " + ", ".join(map(str, options)), v)
+    return check
+
+
+def scale_list(key: str, v: Any) -> None:
+    """A non-empty list of distinct positive scales that contains 1.0."""
+    if not isinstance(v, list) or not v:
+        _fail(key, "a non-empty list of positive numbers", v)
+    for s in v:
+        if not _is_number(s) or s <= 0:
+            _fail(key, "a list of positive numbers", v)
+    if len(set(map(float, v))) != len(v):
+        _fail(key, "a list of distinct scales", v)
+    if 1.0 not in map(float, v):
+        _fail(key, "a list that contains 1.0 (HMS fuses at the scale-1.0 resolution)", v)
+
+
+def number_pair(key: str, v: Any) -> None:
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v) and v[0] <= v[1]):
+        _fail(key, "a pair [low, high] of positive numbers with low <= high", v)
+
+
+def int_list(key: str, v: Any) -> None:
+    if not (isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
+        _fail(key, "a non-empty list of positive integers", v)
+
+
+def list_of(item: Check) -> Check:
+    def check(key: str, v: Any) -> None:
+        if not isinstance(v, list) or not v:
+            _fail(key, "a non-empty list", v)
+        for i, x in enumerate(v):
+            item(f"{key}[{i}]", x)
+    return check
+
+
+OPTIMIZATION = {
+    "steps": integer(1), "batch_size": integer(1), "crop": integer(16), "lr": number(positive=True),
+    "optimizer": choice("sgd", "adamw"), "momentum": number(low=0.0, high=1.0),
+    "weight_decay": number(low=0.0), "poly_power": number(low=0.0), "scale_jitter": number_pair,
+    "hflip": boolean, "checkpoint_every": integer(1), "log_every": integer(1),
+}
+
+SCHEMA: dict[str, Any] = {
+    "seed": integer(0),
+    "trunk": choice(*TRUNKS),
+    "head": choice(*HEADS),
+    "output_stride": choice(8, 16),
+    "pretrained": string,
+    "scales": scale_list,
+    "model": {"head_channels": integer(1), "attention_channels": integer(1), "atrous_rates": int_list},
+    "data": {
+        "root": string,
+        "grouping": choice(*GROUPINGS),
+        "synthetic": {"train": integer(1), "val": integer(1), "height": integer(32), "width": integer(32)},
+    },
+    "runtime": {"device": string, "workers": integer(0), "deterministic": boolean},
+    "train": OPTIMIZATION,
+    "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pair": number_pair},
+    "finetune": {**OPTIMIZATION, "train_all": boolean, "aux_weight": number(low=0.0)},
+    "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1)},
+}
+
+
+def _validate(schema: dict[str, Any], values: Any, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ParamsError(f"{PARAMS_FILE}: '{prefix.rstrip('.') or '<top level>'}' must be a mapping, "
+                          f"got {values!r}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParamsError(f"{PARAMS_FILE}: unknown key '{prefix}{unknown[0]}'; expected one of "
+                          + ", ".join(prefix + k for k in schema))
+    for key, rule in schema.items():
+        if key not in values:
+            raise ParamsError(f"{PARAMS_FILE}: missing key '{prefix}{key}'")
+        if isinstance(rule, dict):
+            _validate(rule, values[key], f"{prefix}{key}.")
+        else:
+            rule(prefix + key, values[key])
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    """Check every key and the rules that tie keys together; return ``params``."""
+    _validate(SCHEMA, params, "")
+    if params["trunk"] == "mobilenet_v3_large" and params["output_stride"] != 16:
+        _fail("output_stride", "16 for trunk mobilenet_v3_large", params["output_stride"])
+    scales = {float(s) for s in params["scales"]}
+    hms = params["hms"]
+    if hms["mode"] == "shared":
+        if float(hms["shared_source_scale"]) not in scales:
+            _fail("hms.shared_source_scale", f"one of scales {sorted(scales)}", hms["shared_source_scale"])
+    for i, chain in enumerate(params["evaluate"]["hms_scales"]):
+        if hms["mode"] == "experts" and not {float(s) for s in chain} <= scales:
+            _fail(f"evaluate.hms_scales[{i}]", f"a subset of scales {sorted(scales)} in experts mode", chain)
+    if hms["mode"] == "experts" and len(scales) < 2:
+        _fail("scales", "at least two scales for HMS", params["scales"])
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate(params)

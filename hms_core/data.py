@@ -1,0 +1,199 @@
+"""Cityscapes-layout datasets: discovery, label preparation, paired transforms.
+
+Layout: ``{root}/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png`` with labels
+``{root}/gtFine/{split}/{city}/{stem}_gtFine_labelIds.png`` (official label ids).
+``prepare_split`` groups the labels once and writes class-id PNGs plus an index;
+the datasets read that index.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from hms_core.io import atomic_write, write_json
+from hms_core.labels import Grouping
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+CLASS_SUFFIX = "_classIds.png"
+IGNORE = 255
+# ImageNet statistics: the torchvision trunks (and their pretrained weights) expect them.
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+class DataError(ValueError):
+    """The dataset on disk is not what the pipeline expects."""
+
+
+def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """All (image, label) pairs of ``split``; every image needs its label and vice versa."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root: dataset root {root} does not exist")
+    image_dir, label_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    for d in (image_dir, label_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: missing folder (expected the Cityscapes layout leftImg8bit/{split}/, "
+                            f"gtFine/{split}/)")
+    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
+              for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
+    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
+              for p in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}"))}
+    for stem in sorted(set(images) - set(labels)):
+        raise DataError(f"{images[stem]}: image has no label {label_dir / (stem + LABEL_SUFFIX)}")
+    for stem in sorted(set(labels) - set(images)):
+        raise DataError(f"{labels[stem]}: label has no image {image_dir / (stem + IMAGE_SUFFIX)}")
+    if not images:
+        raise DataError(f"{image_dir}: split '{split}' is empty (no */*{IMAGE_SUFFIX})")
+    return [(images[s], labels[s]) for s in sorted(images)]
+
+
+def _read_png(path: Path, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert(mode) if im.mode != mode else im)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable or corrupt PNG ({exc})") from None
+
+
+def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: Grouping) -> dict[str, Any]:
+    """Group the label ids of ``split`` and write class-id PNGs plus ``{split}.json``.
+
+    Returns the split's statistics (images, pixels per class).
+    """
+    out_dir = Path(out_dir)
+    pairs = find_pairs(root, split)
+    counts = np.zeros(grouping.num_classes + 1, dtype=np.int64)  # last bin: ignored pixels
+    index = []
+    for image_path, label_path in tqdm(pairs, desc=f"prepare {split}", unit="img"):
+        label_ids = _read_png(label_path, "L")
+        with Image.open(image_path) as im:
+            image_size = im.size[::-1]
+        if label_ids.shape != image_size:
+            raise DataError(f"{label_path}: label size {label_ids.shape[::-1]} differs from its image "
+                            f"{image_path} size {image_size[::-1]} (width, height)")
+        unknown = grouping.unknown_ids(label_ids)
+        if unknown:
+            raise DataError(f"{label_path}: label ids {unknown} are not in the official Cityscapes table")
+        classes = grouping.apply(label_ids)
+        counts += np.bincount(np.where(classes == IGNORE, grouping.num_classes, classes).ravel(),
+                              minlength=grouping.num_classes + 1)
+        city = label_path.parent.name
+        out = out_dir / split / city / (label_path.name[: -len(LABEL_SUFFIX)] + CLASS_SUFFIX)
+        atomic_write(out, lambda f: Image.fromarray(classes).save(f, format="PNG"))
+        index.append({"image": image_path.as_posix(), "label": out.as_posix()})
+    write_json(out_dir / f"{split}.json", index)
+    return {"images": len(pairs),
+            "class_pixels": dict(zip(grouping.class_names, counts[:-1].tolist())),
+            "ignored_pixels": int(counts[-1])}
+
+
+def read_index(prepared: str | Path, split: str) -> list[dict[str, str]]:
+    path = Path(prepared) / f"{split}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: prepared split not found (run the prepare stage)")
+    index = json.loads(path.read_text())
+    if not index:
+        raise DataError(f"{path}: split '{split}' is empty")
+    return index
+
+
+def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image as a normalised float tensor [3, H, W] and class ids as int64 [H, W]."""
+    image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
+    label = torch.from_numpy(_read_png(Path(entry["label"]), "L").astype(np.int64))
+    return (image.float() / 255 - MEAN) / STD, label
+
+
+def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: float, crop: int,
+                           jitter: Sequence[float], hflip: bool, g: torch.Generator
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired training transform: resize by ``scale * U(jitter)``, random crop, random flip.
+
+    Images are resized bilinearly (antialiased when shrinking), labels by nearest
+    neighbour; the crop pads with 0 (the mean colour after normalisation) and 255.
+    """
+    f = scale * (jitter[0] + (jitter[1] - jitter[0]) * torch.rand((), generator=g).item())
+    h, w = label.shape
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                          antialias=f < 1)[0]
+    label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    pad_h, pad_w = max(0, crop - size[0]), max(0, crop - size[1])
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+        label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
+    top = int(torch.randint(0, label.shape[0] - crop + 1, (), generator=g))
+    left = int(torch.randint(0, label.shape[1] - crop + 1, (), generator=g))
+    image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
+    if hflip and torch.rand((), generator=g).item() < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    return image.contiguous(), label.contiguous()
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Training crops at one scale.
+
+    Indexed by ``(i, key)``: ``i`` picks the image, ``key`` (the sample's position in
+    the run's sample stream) seeds its augmentation, so a crop depends on the seed
+    and its position alone, not on workers or on where a resumed run started.
+    """
+
+    def __init__(self, index: list[dict[str, str]], scale: float, crop: int, jitter: Sequence[float],
+                 hflip: bool, seed: int) -> None:
+        self.index, self.scale, self.crop, self.jitter, self.hflip, self.seed = \
+            index, scale, crop, list(jitter), hflip, seed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, key = item
+        image, label = load_sample(self.index[i])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        return random_scale_crop_flip(image, label, self.scale, self.crop, self.jitter, self.hflip, g)
+
+
+class StreamSampler(torch.utils.data.Sampler):
+    """The run's sample stream from position ``start``: ``(image, position)`` pairs.
+
+    Position ``p`` is sample ``p % n`` of epoch ``p // n``'s permutation, seeded by
+    ``(seed, epoch)``. Resuming at ``start`` replays exactly the samples an
+    uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.seed, self.start, self.stop = n, seed, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        epoch, perm = -1, None
+        for p in range(self.start, self.stop):
+            if p // self.n != epoch:
+                epoch = p // self.n
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            yield int(perm[p % self.n]), p
+
+
+class EvalSet(torch.utils.data.Dataset):
+    """Whole images at full label resolution."""
+
+    def __init__(self, index: list[dict[str, str]]) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_sample(self.index[i])

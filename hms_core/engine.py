@@ -1,0 +1,162 @@
+"""The training loop shared by per-scale training and attention fine-tuning.
+
+Optimiser by param (SGD or AdamW), poly learning rate
+``lr_t = lr * (1 - t / T) ** power``, dvclive curves, a progress bar, and a
+resumable checkpoint written atomically every ``checkpoint_every`` steps and
+on SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hms_core.io import load_checkpoint, save_checkpoint
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class Interrupted(RuntimeError):
+    """A signal stopped training after the checkpoint was written."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"runtime.device: expected auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device: {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch from the one ``seed`` of params.yaml."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    parameters = list(parameters)
+    if not parameters:
+        raise ValueError("nothing to train: every parameter is frozen")
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, steps: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Poly learning rate: ``lr_t = lr * (1 - t / T) ** power``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / steps) ** power)
+
+
+def rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64)),
+             "numpy_rest": [int(pos), int(has_gauss), float(gauss)],
+             "python": torch.tensor(random.getstate()[1], dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    pos, has_gauss, gauss = state["numpy_rest"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate((3, tuple(int(x) for x in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
+    received: list[int] = []
+    handler = lambda signum, frame: received.append(signum)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
+        batches: Callable[[int], Iterator[Any]], cfg: dict[str, Any], checkpoint: str | Path,
+        run_id: dict[str, Any], live: Any | None = None, desc: str = "train") -> dict[str, float]:
+    """Train ``model``'s trainable parameters for ``cfg['steps']`` steps.
+
+    ``batches(start)`` yields the batches of steps ``start, start + 1, ...``;
+    ``loss_fn(batch)`` returns the loss. ``checkpoint`` is resumed when its
+    ``run_id`` equals this run's (same params), else training starts afresh.
+    """
+    steps, checkpoint = cfg["steps"], Path(checkpoint)
+    optimizer = build_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
+    scheduler = poly_schedule(optimizer, steps, cfg["poly_power"])
+    start = 0
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start = int(state["step"])
+            print(f"{desc}: resuming from {checkpoint} at step {start}/{steps}", file=sys.stderr)
+        else:
+            print(f"{desc}: {checkpoint} is from other params; starting afresh", file=sys.stderr)
+
+    def save(step: int) -> None:
+        save_checkpoint(checkpoint, {"run_id": run_id, "step": step, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "rng": rng_state()})
+
+    model.train()
+    last_loss, step = float("nan"), start
+    with stop_requests() as stop, tqdm(total=steps, initial=start, desc=desc, unit="step",
+                                       dynamic_ncols=True) as bar:
+        for step, batch in zip(range(start, steps), batches(start)):
+            loss = loss_fn(batch)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"{desc}: loss is {loss.item()} at step {step}; the last good "
+                                    f"checkpoint ({checkpoint}) is kept")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last_loss = loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+            done = step + 1
+            if live is not None and (done % cfg["log_every"] == 0 or done == steps):
+                live.step = done
+                live.log_metric("loss", last_loss)
+                live.log_metric("lr", scheduler.get_last_lr()[0])
+            if done % cfg["checkpoint_every"] == 0 or done == steps or stop:
+                save(done)
+            if stop:
+                raise Interrupted(f"{desc}: stopped by signal {stop[0]} at step {done}; "
+                                  f"checkpoint {checkpoint} written, rerun to resume")
+    if math.isnan(last_loss) and start < steps:
+        raise RuntimeError(f"{desc}: the data ran out before step {step}")
+    return {"final_loss": last_loss, "steps": steps}

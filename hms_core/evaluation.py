@@ -1,0 +1,101 @@
+"""Evaluation of every row of the results table from one pass over the val split.
+
+Per image, each scale runs once; its logits and attention feed every row:
+single scales, average and max pooling over scales (both at scale 1.0), and
+HMS chains. One confusion matrix per row, at full label resolution.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hms_core.hms import HMS, hierarchical_fusion
+from hms_core.metrics import confusion_matrix, scores
+from hms_core.model import resize, scaled_size
+
+
+def scale_name(s: float) -> str:
+    return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
+
+
+def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) -> list[str]:
+    names = [f"scale_{scale_name(s)}" for s in sorted(scales)] + ["avg", "max"]
+    return names + ["hms_" + "-".join(scale_name(s) for s in sorted(chain)) for chain in hms_scales]
+
+
+@torch.no_grad()
+def predict_rows(model: HMS, image: torch.Tensor, scales: Sequence[float],
+                 hms_scales: Sequence[Sequence[float]], flip: bool = False) -> dict[str, torch.Tensor]:
+    """Logits of every row for a batch ``image`` [B, 3, H, W], each at ``H x W``."""
+    size = tuple(image.shape[-2:])
+    outputs = {float(s): model.scale_forward(image, s) for s in
+               sorted({float(s) for s in scales} | {float(s) for c in hms_scales for s in c})}
+    if flip:  # average with the mirrored prediction, mirrored back
+        for s, (p, a) in outputs.items():
+            pf, af = model.scale_forward(image.flip(-1), s)
+            outputs[s] = ((p + pf.flip(-1)) / 2, None if a is None else (a + af.flip(-1)) / 2)
+    rows = [f"scale_{scale_name(s)}" for s in sorted(scales)]
+    logits = {name: resize(outputs[float(s)][0], size) for name, s in zip(rows, sorted(scales))}
+    at_one = torch.stack([resize(outputs[float(s)][0], scaled_size(size, 1.0)) for s in scales])
+    logits["avg"] = resize(at_one.mean(0), size)
+    logits["max"] = resize(at_one.amax(0), size)
+    for name, chain in zip(row_names(scales, hms_scales)[len(scales) + 2:], hms_scales):
+        logits[name] = resize(hierarchical_fusion({float(s): outputs[float(s)] for s in chain}), size)
+    return logits
+
+
+def evaluate(model: HMS, loader: torch.utils.data.DataLoader, scales: Sequence[float],
+             hms_scales: Sequence[Sequence[float]], num_classes: int, device: torch.device,
+             flip: bool = False) -> dict[str, np.ndarray]:
+    """One confusion matrix per row over the whole loader."""
+    model.eval().to(device)
+    names = row_names(scales, hms_scales)
+    cms = {n: np.zeros((num_classes, num_classes), dtype=np.int64) for n in names}
+    for image, label in tqdm(loader, desc="evaluate", unit="batch"):
+        logits = predict_rows(model, image.to(device), scales, hms_scales, flip)
+        for name in names:
+            cms[name] += confusion_matrix(logits[name].argmax(1), label, num_classes)
+    return cms
+
+
+def method_label(name: str) -> str:
+    if name.startswith("scale_"):
+        return f"scale {name[6:]}"
+    if name.startswith("hms_"):
+        return "HMS " + name[4:].replace("-", ", ")
+    return {"avg": "average pooling", "max": "max pooling"}[name]
+
+
+def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Metrics per row: mIoU, pixel accuracy, mean class accuracy, IoU per class."""
+    out = {}
+    for name, cm in cms.items():
+        s = scores(cm)
+        out[name] = {"mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"], "mean_class_acc": s["mean_class_acc"],
+                     "iou": {c: v for c, v in zip(class_names, s["iou"])}}
+    return out
+
+
+def table_rows(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows laid out like seed 000's Table 2: trunk, head, scale or method, epochs, mIoU, accuracy."""
+    rows = []
+    for name, r in res.items():
+        rows.append({
+            "trunk": meta["trunk"], "head": meta["head"], "method": method_label(name), "row": name,
+            "epochs": round(meta["epochs"], 2),
+            "finetune_epochs": 0.0 if name.startswith("scale_") else round(meta.get("finetune_epochs", 0), 2),
+            "mIoU": round(100 * r["mIoU"], 2), "accuracy": round(100 * r["pixel_acc"], 2),
+            "mean_class_acc": round(100 * r["mean_class_acc"], 2),
+            **{f"IoU {c}": round(100 * v, 2) for c, v in r["iou"].items()},
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    fmt = lambda v: "-" if isinstance(v, float) and np.isnan(v) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

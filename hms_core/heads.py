@@ -1,0 +1,90 @@
+"""Segmentation heads: DeepLabV3+, plain DeepLabV3, and the HMS attention head.
+
+The heads return decoder *features*; the 1x1 class classifier lives in
+:class:`hms_core.model.SegModel` so that the attention head can read the same
+features as the classifier (Tao et al. 2020, Fig. 2).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+HEADS = ("deeplabv3plus", "deeplabv3")
+LOW_LEVEL_CHANNELS = 48  # DeepLabV3+ projects the stride-4 feature to 48 channels (Chen et al. 2018).
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """ASPP on the last trunk stage + stride-4 decoder.
+
+    ``f = conv3x3(conv3x3([up(ASPP(out)), proj48(low)]))``, returned at stride 4.
+    """
+
+    def __init__(self, out_channels_trunk: int, low_channels: int, channels: int,
+                 atrous_rates: Sequence[int]) -> None:
+        super().__init__()
+        self.aspp = ASPP(out_channels_trunk, list(atrous_rates), channels)
+        self.low_proj = conv_bn_relu(low_channels, LOW_LEVEL_CHANNELS, kernel_size=1)
+        self.decoder = nn.Sequential(
+            conv_bn_relu(channels + LOW_LEVEL_CHANNELS, channels),
+            conv_bn_relu(channels, channels),
+        )
+        self.channels = channels
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        low = self.low_proj(features["low"])
+        high = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear",
+                             align_corners=False)
+        return self.decoder(torch.cat([high, low], dim=1))
+
+
+class DeepLabV3Head(nn.Module):
+    """Plain DeepLabV3: ``f = conv3x3(ASPP(out))`` at the trunk's output stride."""
+
+    def __init__(self, out_channels_trunk: int, low_channels: int, channels: int,
+                 atrous_rates: Sequence[int]) -> None:
+        super().__init__()
+        self.aspp = ASPP(out_channels_trunk, list(atrous_rates), channels)
+        self.decoder = conv_bn_relu(channels, channels)
+        self.channels = channels
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.decoder(self.aspp(features["out"]))
+
+
+def build_head(name: str, out_channels_trunk: int, low_channels: int, channels: int,
+               atrous_rates: Sequence[int]) -> nn.Module:
+    if name == "deeplabv3plus":
+        return DeepLabV3PlusHead(out_channels_trunk, low_channels, channels, atrous_rates)
+    if name == "deeplabv3":
+        return DeepLabV3Head(out_channels_trunk, low_channels, channels, atrous_rates)
+    raise ValueError(f"head: unknown head {name!r}; expected one of {', '.join(HEADS)}")
+
+
+class AttentionHead(nn.Module):
+    """Per-pixel scale attention of HMS (Tao et al. 2020, Sec. 3.2).
+
+    ``a = sigmoid(conv1x1(relu(bn(conv3x3(relu(bn(conv3x3(f))))))))``, one value in (0, 1) per pixel.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            conv_bn_relu(in_channels, channels),
+            conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, 1, kernel_size=1),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(features))

@@ -1,0 +1,162 @@
+"""Hierarchical Multi-Scale Attention (Tao, Sapra & Catanzaro 2020, arXiv:2005.10821).
+
+Each scale ``s`` gives class logits ``p_s`` and an attention map ``a_s`` in (0, 1),
+both at the size of the image resized by ``s``. Attention is *relative* between
+adjacent scales: ``a_s`` says how much to trust scale ``s`` over the next higher
+one, which is why the chain works for scale sets never seen in training.
+
+Two modes (DESIGN.md section 2):
+
+* ``experts``: scale ``s`` runs through the DeepLab model trained at ``s``; each
+  non-top scale has its own attention head.
+* ``shared``: one DeepLab model and one attention head for every scale (the paper's model).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms_core.heads import AttentionHead
+from hms_core.model import SegModel, build_seg_model, resize, scaled_size
+
+MODES = ("experts", "shared")
+SHARED = "shared"
+IGNORE_INDEX = 255
+
+
+def scale_key(scale: float) -> str:
+    """Module-dict key of a scale (``0.5 -> 's0_5'``); dots are not allowed in module names."""
+    return "s" + f"{float(scale):g}".replace(".", "_").replace("-", "m")
+
+
+def fuse_lower(pred: torch.Tensor, p_s: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """Fuse a lower scale into ``pred`` (Eq. 1 of the paper), in logit space.
+
+    ``pred' = up(a_s * p_s) + (1 - up(a_s)) * pred``; the product is taken at the
+    low resolution, then upsampled to ``pred``'s size.
+    """
+    size = tuple(pred.shape[-2:])
+    return resize(a_s * p_s, size) + (1 - resize(a_s, size)) * pred
+
+
+def fuse_higher(pred: torch.Tensor, p_s: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
+    """Fuse scale ``s >= 1`` into ``pred`` coming from a higher scale.
+
+    ``pred`` is first shrunk to ``p_s``'s size, then ``pred' = a_s * p_s + (1 - a_s) * pred``.
+    """
+    pred = resize(pred, tuple(p_s.shape[-2:]))
+    return a_s * p_s + (1 - a_s) * pred
+
+
+def hierarchical_fusion(outputs: dict[float, tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """N-scale inference chain over ``{scale: (p_s, a_s)}``; ``1.0`` must be present.
+
+    Scales are visited from high to low; ``pred`` starts as the highest scale's
+    logits (its attention is unused). The result is at the scale-1.0 resolution.
+    """
+    scales = sorted(outputs, reverse=True)
+    if 1.0 not in outputs:
+        raise ValueError(f"hms scales {scales} must contain 1.0")
+    pred = outputs[scales[0]][0]
+    for s in scales[1:]:
+        p_s, a_s = outputs[s]
+        pred = fuse_higher(pred, p_s, a_s) if s >= 1.0 else fuse_lower(pred, p_s, a_s)
+    return pred
+
+
+def hms_pair_loss(joint: torch.Tensor, p_lo: torch.Tensor, p_hi: torch.Tensor, target: torch.Tensor,
+                  aux_weight: float) -> torch.Tensor:
+    """Two-scale training loss: ``CE(joint) + w * (CE(up(p_lo)) + CE(p_hi))``, ignore index 255."""
+    size = tuple(target.shape[-2:])
+    ce = lambda logits: F.cross_entropy(resize(logits, size), target, ignore_index=IGNORE_INDEX)
+    return ce(joint) + aux_weight * (ce(p_lo) + ce(p_hi))
+
+
+class HMS(nn.Module):
+    """The hierarchical multi-scale attention model over per-scale DeepLab branches."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        super().__init__()
+        self.meta = dict(meta)
+        self.mode = meta["mode"]
+        if self.mode not in MODES:
+            raise ValueError(f"hms.mode: unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        self.scales = sorted(float(s) for s in meta["scales"])
+        keys = [scale_key(s) for s in self.scales] if self.mode == "experts" else [SHARED]
+        self.branches = nn.ModuleDict({k: build_seg_model(meta) for k in keys})
+        channels = self.branches[keys[0]].feature_channels
+        # The top scale's attention is never used: it has no higher scale to defer to.
+        att_keys = [scale_key(s) for s in self.scales[:-1]] if self.mode == "experts" else [SHARED]
+        self.attention = nn.ModuleDict(
+            {k: AttentionHead(channels, meta["attention_channels"]) for k in att_keys})
+
+    def _key(self, scale: float, table: nn.ModuleDict) -> str | None:
+        if self.mode == SHARED:
+            return SHARED
+        key = scale_key(scale)
+        if table is self.branches and key not in table:
+            raise ValueError(f"scale {scale} has no expert; experts mode runs at {self.scales} only")
+        return key if key in table else None
+
+    def branch(self, scale: float) -> SegModel:
+        return self.branches[self._key(scale, self.branches)]
+
+    def scale_forward(self, image: torch.Tensor, scale: float, attention: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run one scale on the full image: ``(p_s, a_s)`` at the size of ``image`` resized by ``scale``.
+
+        ``a_s`` is ``None`` when the scale has no attention head (experts' top scale)
+        or ``attention`` is False.
+        """
+        return self._run(image, scale, scale, attention)
+
+    def pair_forward(self, image_hi: torch.Tensor, lo: float, hi: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Two-scale training forward on an image already resized to scale ``hi``.
+
+        Returns ``(joint, p_lo, p_hi, a_lo)`` with
+        ``joint = up(a_lo * p_lo) + (1 - up(a_lo)) * p_hi`` at ``image_hi``'s size.
+        """
+        p_hi, _ = self._run(image_hi, hi, 1.0, attention=False)
+        p_lo, a_lo = self._run(image_hi, lo, lo / hi, attention=True)
+        if a_lo is None:
+            raise ValueError(f"scale {lo} has no attention head")
+        return fuse_lower(p_hi, p_lo, a_lo), p_lo, p_hi, a_lo
+
+    def _run(self, image: torch.Tensor, scale: float, factor: float, attention: bool
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Branch (and attention) of ``scale`` on ``image`` resized by ``factor``."""
+        x = resize(image, scaled_size(tuple(image.shape[-2:]), factor))
+        # A frozen branch needs no graph: only the attention head learns then.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
+            logits, features = self.branch(scale).forward_features(x)
+        key = self._key(scale, self.attention) if attention else None
+        if key is None:
+            return logits, None
+        return logits, resize(self.attention[key](features), tuple(x.shape[-2:]))
+
+    def forward(self, image: torch.Tensor, scales: Sequence[float] = (0.5, 1.0)) -> torch.Tensor:
+        """N-scale inference; logits at ``image``'s size."""
+        outputs = {float(s): self.scale_forward(image, s) for s in scales}
+        return resize(hierarchical_fusion(outputs), tuple(image.shape[-2:]))
+
+    @property
+    def branches_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.branches.parameters())
+
+    def freeze_branches(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) every trunk and head; the attention heads stay trainable."""
+        for p in self.branches.parameters():
+            p.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> "HMS":
+        super().train(mode)
+        if self.branches_frozen:
+            self.branches.eval()  # frozen branches keep their BatchNorm statistics
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

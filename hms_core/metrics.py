@@ -1,0 +1,46 @@
+"""Confusion-matrix metrics shared by every evaluated model and baseline.
+
+Rows are ground truth, columns predictions; pixels labelled 255 are ignored.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE = 255
+
+
+def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """``cm[i, j]`` = number of pixels of true class ``i`` predicted as ``j``."""
+    pred = torch.as_tensor(pred).reshape(-1).long().cpu()
+    target = torch.as_tensor(target).reshape(-1).long().cpu()
+    keep = target != IGNORE
+    if (target[keep] >= num_classes).any() or (target[keep] < 0).any():
+        raise ValueError(f"target holds class ids outside 0..{num_classes - 1} (and 255)")
+    index = target[keep] * num_classes + pred[keep]
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).numpy().astype(np.int64)
+
+
+def scores(cm: np.ndarray) -> dict[str, float | list[float]]:
+    """Scores of a confusion matrix.
+
+    ``IoU_c = cm[c,c] / (row_c + col_c - cm[c,c])`` (NaN when the class is neither
+    present nor predicted); ``mIoU`` = mean IoU over the other classes;
+    pixel accuracy = ``trace / total``; mean class accuracy = mean over present
+    classes of ``cm[c,c] / row_c``.
+    """
+    cm = cm.astype(np.float64)
+    diag, rows, cols = np.diag(cm), cm.sum(1), cm.sum(0)
+    union = rows + cols - diag
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, diag / union, np.nan)
+        class_acc = np.where(rows > 0, diag / rows, np.nan)
+    total = cm.sum()
+    return {
+        "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_acc": float(diag.sum() / total) if total else float("nan"),
+        "mean_class_acc": float(np.nanmean(class_acc)) if np.isfinite(class_acc).any() else float("nan"),
+        "iou": [float(v) for v in iou],
+    }

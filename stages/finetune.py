@@ -1,0 +1,34 @@
+"""Stage finetune: train the HMS attention heads on adjacent scale pairs."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dvclive import Live
+
+from hms_core.cli import run_stage, stage_parser
+from hms_core.hms import HMS
+from hms_core.io import load_checkpoint
+from hms_core.training import finetune_hms, finetune_pairs
+
+
+def main(args: argparse.Namespace, params: dict) -> None:
+    ckpt = load_checkpoint(args.model)
+    model = HMS(ckpt["meta"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    checkpoint = Path(args.checkpoint)
+    with Live(args.live, resume=checkpoint.is_file(), save_dvc_exp=False, dvcyaml=False) as live:
+        summary = finetune_hms(params, model, args.prepared, args.out, checkpoint, live)
+    print(f"finetune: pairs {finetune_pairs(params)}: {summary['steps']} steps, "
+          f"final loss {summary['final_loss']:.4f} -> {args.out}")
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--model", default="models/hms/transplanted.pt")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--out", default="models/hms/model.pt")
+    parser.add_argument("--checkpoint", default="checkpoints/finetune.pt")
+    parser.add_argument("--live", default="metrics/finetune")
+    run_stage("finetune", main, parser)

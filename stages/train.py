@@ -1,0 +1,33 @@
+"""Stage train (one per scale): a trunk + DeepLab head trained at one image scale."""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dvclive import Live
+
+from hms_core.cli import run_stage, stage_parser
+from hms_core.training import train_expert
+
+
+def main(args: argparse.Namespace, params: dict) -> None:
+    if float(args.scale) not in [float(s) for s in params["scales"]]:
+        raise ValueError(f"--scale {args.scale} is not in params scales {params['scales']}")
+    checkpoint = Path(args.checkpoint)
+    with Live(args.live, resume=checkpoint.is_file(), save_dvc_exp=False, dvcyaml=False) as live:
+        summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
+                               checkpoint, live)
+        live.summary.update({"epochs": summary["epochs"]})
+    print(f"train: scale {args.scale}: {summary['steps']} steps ({summary['epochs']:.1f} epochs), "
+          f"final loss {summary['final_loss']:.4f} -> {args.out}/model.pt")
+
+
+if __name__ == "__main__":
+    parser = stage_parser(__doc__)
+    parser.add_argument("--scale", required=True, type=float)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--out", required=True, help="folder for model.pt")
+    parser.add_argument("--checkpoint", required=True, help="resumable checkpoint (persisted)")
+    parser.add_argument("--live", required=True, help="dvclive folder")
+    run_stage("train", main, parser)
