@@ -267,7 +267,8 @@ def _save_png_atomic(array: np.ndarray, path: Path) -> None:
     """Write to a temporary name in the same folder, then os.replace (readers never see half a file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(array).save(tmp, format="PNG")  # HxWx3 uint8 -> RGB, HxW uint8 -> L
+        # HxWx3 uint8 -> RGB, HxW uint8 -> L; level 1: the noisy images barely compress further
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
