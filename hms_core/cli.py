@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -19,9 +20,11 @@ def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
               parser: argparse.ArgumentParser) -> None:
     """Parse arguments, load and validate params.yaml, run ``main``; map errors to exit codes."""
     args = parser.parse_args()
+    start = time.perf_counter()
     try:
         params = load_params(args.params)
         main(args, params)
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     except Interrupted as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         sys.exit(130)

@@ -108,6 +108,7 @@ OPTIMIZATION = {
     "optimizer": choice("sgd", "adamw"), "momentum": number(low=0.0, high=1.0),
     "weight_decay": number(low=0.0), "poly_power": number(low=0.0), "scale_jitter": number_pair,
     "hflip": boolean, "checkpoint_every": integer(1), "log_every": integer(1),
+    "class_balance": number(low=0.0, high=2.0),
 }
 
 SCHEMA: dict[str, Any] = {

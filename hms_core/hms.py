@@ -68,10 +68,11 @@ def hierarchical_fusion(outputs: dict[float, tuple[torch.Tensor, torch.Tensor | 
 
 
 def hms_pair_loss(joint: torch.Tensor, p_lo: torch.Tensor, p_hi: torch.Tensor, target: torch.Tensor,
-                  aux_weight: float) -> torch.Tensor:
+                  aux_weight: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Two-scale training loss: ``CE(joint) + w * (CE(up(p_lo)) + CE(p_hi))``, ignore index 255."""
     size = tuple(target.shape[-2:])
-    ce = lambda logits: F.cross_entropy(resize(logits, size), target, ignore_index=IGNORE_INDEX)
+    ce = lambda logits: F.cross_entropy(resize(logits, size), target, weight=class_weights,
+                                        ignore_index=IGNORE_INDEX)
     return ce(joint) + aux_weight * (ce(p_lo) + ce(p_hi))
 
 

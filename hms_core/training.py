@@ -2,6 +2,7 @@
 ``stages/train.py`` and ``stages/finetune.py``)."""
 from __future__ import annotations
 
+import json
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,25 @@ def model_meta(params: dict[str, Any]) -> dict[str, Any]:
         "attention_channels": params["model"]["attention_channels"],
         "grouping": params["data"]["grouping"],
     }
+
+
+def class_weights(prepared: str | Path, power: float, device: torch.device) -> torch.Tensor | None:
+    """Class-balancing weights ``w_c = (median_f / f_c) ** power`` from the train split's pixel
+    frequencies ``f_c`` (median-frequency balancing, Eigen & Fergus 2015, at ``power`` = 1).
+
+    Rare classes (thin poles, distant people) otherwise vanish under plain
+    cross-entropy in short runs. ``power`` = 0 gives plain cross-entropy.
+    """
+    if power == 0:
+        return None
+    meta_path = Path(prepared) / "meta.json"
+    counts = torch.tensor(list(json.loads(meta_path.read_text())["splits"]["train"]["class_pixels"].values()),
+                          dtype=torch.float64)
+    freq = counts / counts.sum()
+    present = freq > 0
+    weights = torch.ones_like(freq)
+    weights[present] = (freq[present].median() / freq[present]) ** power
+    return weights.float().to(device)
 
 
 def _stream(dataset: TrainSet, cfg: dict[str, Any], seed: int, start: int, workers: int,
@@ -55,10 +75,11 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
     model = build_seg_model(meta, params["pretrained"]).to(device)
     index = read_index(prepared, "train")
     dataset = TrainSet(index, scale, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed)
+    weights = class_weights(prepared, cfg["class_balance"], device)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         image, label = batch
-        return F.cross_entropy(model(image), label, ignore_index=IGNORE)
+        return F.cross_entropy(model(image), label, weight=weights, ignore_index=IGNORE)
 
     run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": cfg,
               "pretrained": params["pretrained"]}
@@ -92,6 +113,7 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
     model.to(device)
     index = read_index(prepared, "train")
     pairs = finetune_pairs(params)
+    weights = class_weights(prepared, cfg["class_balance"], device)
     # Each pair has its own sample stream (seed offset) so pairs see different crops.
     datasets = [TrainSet(index, hi, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101 * (i + 1))
                 for i, (lo, hi) in enumerate(pairs)]
@@ -104,7 +126,7 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
         total = 0.0
         for (lo, hi), (image, label) in zip(pairs, batch):
             joint, p_lo, p_hi, _ = model.pair_forward(image, lo, hi)
-            total = total + hms_pair_loss(joint, p_lo, p_hi, label, cfg["aux_weight"])
+            total = total + hms_pair_loss(joint, p_lo, p_hi, label, cfg["aux_weight"], weights)
         return total
 
     run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}

@@ -1,0 +1,92 @@
+"""End to end: `dvc repro` on a tiny configuration in a temporary copy of the repository."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "hms_0.5-1.0", "hms_0.5-1.0-2.0"]
+TINY = {
+    "model": {"head_channels": 8, "attention_channels": 8, "atrous_rates": [2, 4, 6]},
+    "data": {"synthetic": {"train": 4, "val": 3, "height": 64, "width": 128}},
+    "train": {"steps": 3, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
+    "finetune": {"steps": 2, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for k, v in update.items():
+        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
+    return base
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("repo")
+    for name in ("hms_core", "stages"):
+        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", dst)
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dst)
+    _run(["dvc", "init", "-q"], dst)
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny"], dst)
+    _run(["dvc", "repro"], dst)
+    return dst
+
+
+def test_repro_writes_every_row(repo):
+    results = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert list(results) == ROWS
+    for row in results.values():
+        assert 0.0 <= row["mIoU"] <= 1.0 and 0.0 <= row["pixel_acc"] <= 1.0
+        assert set(row["iou"]) == {"flat", "construction", "object", "nature", "sky", "human", "vehicle"}
+    table = (repo / "metrics" / "table.md").read_text()
+    assert "HMS 0.5, 1.0, 2.0" in table and "average pooling" in table
+    assert (repo / "metrics" / "table.csv").read_text().count("\n") == len(ROWS) + 1
+    assert (repo / "metrics" / "train" / "scale_2.0" / "plots" / "metrics" / "loss.tsv").is_file()
+
+
+def test_second_repro_does_nothing(repo):
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage" not in out
+    assert "up to date" in out
+
+
+def test_metrics_show_lists_rows(repo):
+    out = _run(["dvc", "metrics", "show"], repo)
+    for row in ROWS:
+        assert row in out
+
+
+def test_exp_run_with_another_trunk(repo):
+    out = _run(["dvc", "exp", "run", "-S", "trunk=resnet50"], repo)
+    assert "Running stage 'train@1.0'" in out
+    shown = _run(["dvc", "exp", "show", "--csv"], repo)
+    assert "resnet50" in shown and "mobilenet_v3_large" in shown
+
+
+def test_bad_params_fail_before_work(repo, tmp_path):
+    bad = yaml.safe_load((repo / "params.yaml").read_text())
+    bad["scales"] = [0.5, 2.0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(path), "--out", str(tmp_path / "p")],
+                          cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "'scales' must be a list that contains 1.0" in proc.stderr
+    assert not (tmp_path / "p").exists()
