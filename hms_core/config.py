@@ -122,13 +122,15 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "root": string,
         "grouping": choice(*GROUPINGS),
+        "label_map": string,
         "synthetic": {"train": integer(1), "val": integer(1), "height": integer(32), "width": integer(32)},
     },
     "runtime": {"device": string, "workers": integer(0), "deterministic": boolean},
     "train": OPTIMIZATION,
     "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pair": number_pair},
     "finetune": {**OPTIMIZATION, "train_all": boolean, "aux_weight": number(low=0.0)},
-    "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1)},
+    "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1),
+                 "official_check": boolean},
 }
 
 

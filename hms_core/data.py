@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hms_core.io import atomic_write, write_json
+from hms_core.labelmap import unmapped_ids
 from hms_core.labels import Grouping
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -65,8 +66,12 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt PNG ({exc})") from None
 
 
-def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: Grouping) -> dict[str, Any]:
+def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: Grouping,
+                  label_map: np.ndarray | None = None) -> dict[str, Any]:
     """Group the label ids of ``split`` and write class-id PNGs plus ``{split}.json``.
+
+    ``label_map`` (see :mod:`hms_core.labelmap`) first turns a dataset's own ids into
+    official label ids.
 
     Returns the split's statistics (images, pixels per class).
     """
@@ -81,6 +86,11 @@ def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: G
         if label_ids.shape != image_size:
             raise DataError(f"{label_path}: label size {label_ids.shape[::-1]} differs from its image "
                             f"{image_path} size {image_size[::-1]} (width, height)")
+        if label_map is not None:
+            unmapped = unmapped_ids(label_map, label_ids)
+            if unmapped:
+                raise DataError(f"{label_path}: ids {unmapped} have no entry in the label map (data.label_map)")
+            label_ids = label_map[label_ids]
         unknown = grouping.unknown_ids(label_ids)
         if unknown:
             raise DataError(f"{label_path}: label ids {unknown} are not in the official Cityscapes table")
@@ -169,17 +179,40 @@ class StreamSampler(torch.utils.data.Sampler):
     Position ``p`` is sample ``p % n`` of epoch ``p // n``'s permutation, seeded by
     ``(seed, epoch)``. Resuming at ``start`` replays exactly the samples an
     uninterrupted run would have seen.
+
+    Sharded over ``world_size`` processes, the stream is cut into blocks of
+    ``batch`` positions and rank ``r`` keeps the blocks ``b`` with
+    ``b % world_size == r``: with ``start`` a multiple of ``world_size * batch``,
+    the ranks' batches of one step, in rank order, are the batch of
+    ``world_size * batch`` positions a single process would draw.
     """
 
-    def __init__(self, n: int, seed: int, start: int, stop: int) -> None:
+    def __init__(self, n: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1,
+                 batch: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"StreamSampler: rank {rank} is not in [0, {world_size})")
         self.n, self.seed, self.start, self.stop = n, seed, start, stop
+        self.rank, self.world_size, self.batch = rank, world_size, batch
+
+    def _count_below(self, p: int) -> int:
+        """Positions of this rank in ``[0, p)``: full cycles of ``world_size * batch``, then the rest."""
+        cycle = self.world_size * self.batch
+        return p // cycle * self.batch + min(max(p % cycle - self.rank * self.batch, 0), self.batch)
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return max(0, self._count_below(self.stop) - self._count_below(self.start))
+
+    def _positions(self):
+        if self.world_size == 1:
+            yield from range(self.start, self.stop)
+            return
+        for block in range(self.start // self.batch, -(-self.stop // self.batch)):
+            if block % self.world_size == self.rank:
+                yield from range(max(self.start, block * self.batch), min(self.stop, (block + 1) * self.batch))
 
     def __iter__(self):
         epoch, perm = -1, None
-        for p in range(self.start, self.stop):
+        for p in self._positions():
             if p // self.n != epoch:
                 epoch = p // self.n
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))

@@ -3,7 +3,9 @@
 Optimiser by param (SGD or AdamW), poly learning rate
 ``lr_t = lr * (1 - t / T) ** power``, dvclive curves, a progress bar, and a
 resumable checkpoint written atomically every ``checkpoint_every`` steps and
-on SIGINT/SIGTERM.
+on SIGINT/SIGTERM. Mixed precision comes from :mod:`hms_core.speed`; in a
+multi-process job (:mod:`hms_core.distributed`) rank 0 alone logs and writes,
+and every rank resumes from the same checkpoint and stops at the same step.
 """
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hms_core.io import load_checkpoint, save_checkpoint
+from hms_core import distributed
+from hms_core.distributed import Context
+from hms_core.io import load_checkpoint, save_checkpoint, write_text
+from hms_core.speed import Speed
 
 
 class NonFiniteLoss(RuntimeError):
@@ -88,6 +93,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def truncate_live_logs(live_dir: str | Path, step: int) -> None:
+    """Drop dvclive rows logged after ``step``: a resumed run logs them again."""
+    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [l for l in lines[1:] if l.strip() and int(float(l.split("\t", 1)[0])) <= step]
+        if len(kept) != len(lines):
+            write_text(tsv, "".join(kept))
+
+
 @contextmanager
 def stop_requests() -> Iterator[list[int]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
@@ -103,16 +117,23 @@ def stop_requests() -> Iterator[list[int]]:
 
 def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
         batches: Callable[[int], Iterator[Any]], cfg: dict[str, Any], checkpoint: str | Path,
-        run_id: dict[str, Any], live: Any | None = None, desc: str = "train") -> dict[str, float]:
+        run_id: dict[str, Any], live: Any | None = None, desc: str = "train",
+        speed: Speed | None = None, ctx: Context | None = None) -> dict[str, float]:
     """Train ``model``'s trainable parameters for ``cfg['steps']`` steps.
 
     ``batches(start)`` yields the batches of steps ``start, start + 1, ...``;
-    ``loss_fn(batch)`` returns the loss. ``checkpoint`` is resumed when its
-    ``run_id`` equals this run's (same params), else training starts afresh.
+    ``loss_fn(batch)`` returns the loss (run under ``speed``'s autocast). ``checkpoint``
+    is resumed when its ``run_id`` equals this run's (same params), else training
+    starts afresh. In a multi-process job (``ctx``) ``loss_fn`` returns this rank's
+    share of the global batch's loss (:func:`hms_core.distributed.global_batch_loss`).
     """
+    speed = speed or Speed(torch.device("cpu"))
+    ctx = ctx or distributed.current()
+    live = live if ctx.is_main else None
     steps, checkpoint = cfg["steps"], Path(checkpoint)
     optimizer = build_optimizer((p for p in model.parameters() if p.requires_grad), cfg)
     scheduler = poly_schedule(optimizer, steps, cfg["poly_power"])
+    scaler = speed.grad_scaler()
     start = 0
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint)
@@ -120,31 +141,50 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             start = int(state["step"])
-            print(f"{desc}: resuming from {checkpoint} at step {start}/{steps}", file=sys.stderr)
-        else:
+            if live is not None:
+                truncate_live_logs(live.dir, start)
+            if ctx.is_main:
+                print(f"{desc}: resuming from {checkpoint} at step {start}/{steps}", file=sys.stderr)
+        elif ctx.is_main:
             print(f"{desc}: {checkpoint} is from other params; starting afresh", file=sys.stderr)
+    # Every rank has read the checkpoint before rank 0 may overwrite it.
+    distributed.barrier()
 
     def save(step: int) -> None:
-        save_checkpoint(checkpoint, {"run_id": run_id, "step": step, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "rng": rng_state()})
+        if not ctx.is_main:
+            return
+        state = {"run_id": run_id, "step": step, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+        if scaler is not None:  # the loss scale a resumed fp16 run continues from
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(checkpoint, state)
 
     model.train()
     last_loss, step = float("nan"), start
     with stop_requests() as stop, tqdm(total=steps, initial=start, desc=desc, unit="step",
-                                       dynamic_ncols=True) as bar:
+                                       dynamic_ncols=True, disable=not ctx.is_main) as bar:
         for step, batch in zip(range(start, steps), batches(start)):
-            loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{desc}: loss is {loss.item()} at step {step}; the last good "
+            with speed.autocast():
+                loss = loss_fn(batch)
+            # All ranks agree on the loss they check and on a stop request (one all-reduce).
+            shown, stopping = distributed.reduce_step(loss, bool(stop), ctx) if ctx.enabled else (loss, False)
+            if not torch.isfinite(shown):
+                raise NonFiniteLoss(f"{desc}: loss is {shown.item()} at step {step}; the last good "
                                     f"checkpoint ({checkpoint}) is kept")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             scheduler.step()
-            last_loss = loss.item()
+            last_loss = shown.item()
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
             done = step + 1
@@ -152,10 +192,14 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
                 live.step = done
                 live.log_metric("loss", last_loss)
                 live.log_metric("lr", scheduler.get_last_lr()[0])
-            if done % cfg["checkpoint_every"] == 0 or done == steps or stop:
+            if not ctx.enabled:
+                stopping = bool(stop)
+            if done % cfg["checkpoint_every"] == 0 or done == steps or stopping:
                 save(done)
-            if stop:
-                raise Interrupted(f"{desc}: stopped by signal {stop[0]} at step {done}; "
+            if stopping:
+                distributed.barrier()  # rank 0's checkpoint is complete before any rank exits
+                signum = stop[0] if stop else "on another rank"
+                raise Interrupted(f"{desc}: stopped by signal {signum} at step {done}; "
                                   f"checkpoint {checkpoint} written, rerun to resume")
     if math.isnan(last_loss) and start < steps:
         raise RuntimeError(f"{desc}: the data ran out before step {step}")

@@ -6,7 +6,7 @@ HMS chains. One confusion matrix per row, at full label resolution.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,17 +47,44 @@ def predict_rows(model: HMS, image: torch.Tensor, scales: Sequence[float],
     return logits
 
 
+def explicit_row(model: HMS) -> str:
+    return "explicit_" + "-".join(scale_name(s) for s in model.scales)
+
+
+@torch.no_grad()
+def predict_explicit(model: HMS, image: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    logits = model(image)
+    return (logits + model(image.flip(-1)).flip(-1)) / 2 if flip else logits
+
+
 def evaluate(model: HMS, loader: torch.utils.data.DataLoader, scales: Sequence[float],
              hms_scales: Sequence[Sequence[float]], num_classes: int, device: torch.device,
-             flip: bool = False) -> dict[str, np.ndarray]:
-    """One confusion matrix per row over the whole loader."""
+             flip: bool = False, explicit: HMS | None = None,
+             on_prediction: Callable[[str, int, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """One confusion matrix per row over the whole loader; ``explicit`` adds its row.
+
+    ``on_prediction(row, image_index, class_ids)`` sees every prediction (e.g. to
+    write it for the official evaluator); the loader must not shuffle.
+    """
     model.eval().to(device)
     names = row_names(scales, hms_scales)
+    if explicit is not None:
+        explicit.eval().to(device)
+        names.append(explicit_row(explicit))
     cms = {n: np.zeros((num_classes, num_classes), dtype=np.int64) for n in names}
+    seen = 0
     for image, label in tqdm(loader, desc="evaluate", unit="batch"):
-        logits = predict_rows(model, image.to(device), scales, hms_scales, flip)
+        image = image.to(device)
+        logits = predict_rows(model, image, scales, hms_scales, flip)
+        if explicit is not None:
+            logits[names[-1]] = predict_explicit(explicit, image, flip)
         for name in names:
-            cms[name] += confusion_matrix(logits[name].argmax(1), label, num_classes)
+            pred = logits[name].argmax(1)
+            cms[name] += confusion_matrix(pred, label, num_classes)
+            if on_prediction is not None:
+                for i, p in enumerate(pred.cpu().numpy()):
+                    on_prediction(name, seen + i, p)
+        seen += len(image)
     return cms
 
 
@@ -66,6 +93,8 @@ def method_label(name: str) -> str:
         return f"scale {name[6:]}"
     if name.startswith("hms_"):
         return "HMS " + name[4:].replace("-", ", ")
+    if name.startswith("explicit_"):
+        return "explicit attention " + name[9:].replace("-", ", ")
     return {"avg": "average pooling", "max": "max pooling"}[name]
 
 

@@ -73,18 +73,22 @@ def build_head(name: str, out_channels_trunk: int, low_channels: int, channels: 
 
 
 class AttentionHead(nn.Module):
-    """Per-pixel scale attention of HMS (Tao et al. 2020, Sec. 3.2).
+    """Per-pixel scale attention.
 
-    ``a = sigmoid(conv1x1(relu(bn(conv3x3(relu(bn(conv3x3(f))))))))``, one value in (0, 1) per pixel.
+    With one output, HMS's relative attention (Tao et al. 2020, Sec. 3.2):
+    ``a = sigmoid(conv1x1(relu(bn(conv3x3(relu(bn(conv3x3(f))))))))``, one value in (0, 1)
+    per pixel. With ``outputs = N`` > 1, explicit attention over N scales
+    (Chen et al. 2016): the same stack ending in N channels and a softmax over them.
     """
 
-    def __init__(self, in_channels: int, channels: int = 256) -> None:
+    def __init__(self, in_channels: int, channels: int = 256, outputs: int = 1) -> None:
         super().__init__()
         self.net = nn.Sequential(
             conv_bn_relu(in_channels, channels),
             conv_bn_relu(channels, channels),
-            nn.Conv2d(channels, 1, kernel_size=1),
+            nn.Conv2d(channels, outputs, kernel_size=1),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(features))
+        logits = self.net(features)
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)

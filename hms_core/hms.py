@@ -88,11 +88,13 @@ class HMS(nn.Module):
         self.scales = sorted(float(s) for s in meta["scales"])
         keys = [scale_key(s) for s in self.scales] if self.mode == "experts" else [SHARED]
         self.branches = nn.ModuleDict({k: build_seg_model(meta) for k in keys})
-        channels = self.branches[keys[0]].feature_channels
+        self.attention = self.build_attention(self.branches[keys[0]].feature_channels)
+
+    def build_attention(self, channels: int) -> nn.ModuleDict:
+        """One relative attention head per non-top scale (experts) or one for all (shared)."""
         # The top scale's attention is never used: it has no higher scale to defer to.
-        att_keys = [scale_key(s) for s in self.scales[:-1]] if self.mode == "experts" else [SHARED]
-        self.attention = nn.ModuleDict(
-            {k: AttentionHead(channels, meta["attention_channels"]) for k in att_keys})
+        keys = [scale_key(s) for s in self.scales[:-1]] if self.mode == "experts" else [SHARED]
+        return nn.ModuleDict({k: AttentionHead(channels, self.meta["attention_channels"]) for k in keys})
 
     def _key(self, scale: float, table: nn.ModuleDict) -> str | None:
         if self.mode == SHARED:

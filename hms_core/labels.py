@@ -71,3 +71,4 @@ def build_grouping(mode: str) -> Grouping:
         by_train_id = {l.trainId: l.name for l in CITYSCAPES_LABELS if 0 <= l.trainId < IGNORE}
         names = tuple(by_train_id[i] for i in range(len(by_train_id)))
     return Grouping(mode, lut, known, tuple(names))
+

@@ -161,8 +161,8 @@ def _draw_ambiguous_regions(s: _Scene) -> list[int]:
     """Failure mode B: 1-3 big building-or-vehicle rectangles told apart only by border cues."""
     rng, classes = s.rng, []
     for k in range(rng.integers(1, 4)):
-        h = min(int(rng.uniform(0.40, 0.75) * s.h), s.h - 10)
-        w = int(rng.uniform(0.25, 0.55) * s.w)
+        h = min(int(rng.uniform(0.55, 0.85) * s.h), s.h - 10)
+        w = int(rng.uniform(0.30, 0.60) * s.w)
         y1 = int(rng.integers(min(max(h + 3, s.horizon + 2), s.h - 7), s.h - 6))  # bottom (excl.)
         y0, x0 = y1 - h, int(rng.integers(0, s.w - w + 1))
         x1 = x0 + w

@@ -42,16 +42,18 @@ def check_sources(meta: dict[str, Any], sources: dict[float, tuple[Path, dict[st
 
 
 def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
-               shared_source_scale: float = 1.0, seed: int = 0) -> tuple[HMS, list[str]]:
+               shared_source_scale: float = 1.0, seed: int = 0, model_cls: type[HMS] = HMS
+               ) -> tuple[HMS, list[str]]:
     """Build an HMS model (``meta``: architecture + mode + scales) from expert checkpoints.
 
     Returns the model and the report lines. Attention heads are freshly initialised
-    from ``seed``; every branch tensor comes from a source checkpoint.
+    from ``seed``; every branch tensor comes from a source checkpoint. ``model_cls``
+    may be a subclass with other attention heads (the explicit baseline).
     """
     sources = {float(s): (Path(p), load_checkpoint(p)) for s, p in source_paths.items()}
     check_sources(meta, sources)
     torch.manual_seed(seed)
-    model = HMS(meta)
+    model = model_cls(meta)
     target = model.state_dict()
     mapping = key_mapping(meta["mode"], model.scales,
                           {s: list(c["state_dict"]) for s, (_, c) in sources.items()},
@@ -82,3 +84,23 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
     att = sum(p.numel() for p in model.attention.parameters())
     report.append(f"  attention heads {list(model.attention)}: {att:,} parameters, newly initialised")
     return model, report
+
+
+def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cls: type[HMS] = HMS
+                       ) -> tuple[HMS, dict[str, Any], list[str]]:
+    """Transplant the experts ``{experts_dir}/scale_{s}/model.pt`` for every scale in params.
+
+    Returns the model, its checkpoint meta (architecture, mode, scales, the
+    experts' training steps and epochs) and the report lines.
+    """
+    from hms_core.training import model_meta  # training imports this module's neighbours
+
+    scales = sorted(float(s) for s in params["scales"])
+    paths = {s: Path(experts_dir) / f"scale_{s}" / "model.pt" for s in scales}
+    for s, p in paths.items():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: expert of scale {s} not found (run the train stage)")
+    meta = {**model_meta(params), "mode": params["hms"]["mode"], "scales": scales}
+    model, report = transplant(meta, paths, params["hms"]["shared_source_scale"], params["seed"], model_cls)
+    source = load_checkpoint(paths[float(params["hms"]["shared_source_scale"])])["meta"]
+    return model, {**meta, "steps": source["steps"], "epochs": source["epochs"]}, report

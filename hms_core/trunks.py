@@ -68,14 +68,26 @@ def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained: no state dict file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, or pickled objects other than tensors (a whole model)
+        raise ValueError(f"pretrained: {path} is not a readable state dict of tensors ({type(exc).__name__}); "
+                         f"save one with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained: {path} holds a {type(state).__name__}, expected a state dict")
     # The classifier (fc / classifier.*) is not part of the trunk; everything else must match.
-    head_keys = [k for k in net.state_dict() if k.startswith(("fc.", "classifier."))]
+    target = net.state_dict()
+    head_keys = [k for k in target if k.startswith(("fc.", "classifier."))]
     state = {k: v for k, v in state.items() if k not in head_keys}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in head_keys]
-    if missing or unexpected:
-        raise ValueError(f"pretrained: {path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    missing = [k for k in target if k not in state and k not in head_keys]
+    unexpected = [k for k in state if k not in target]
+    # Checked here: load_state_dict would raise a many-line RuntimeError on shape mismatches.
+    wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} vs {tuple(target[k].shape)}"
+             for k, v in state.items() if k in target and getattr(v, "shape", None) != target[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"pretrained: {path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"wrong shape {wrong[:3]}")
+    net.load_state_dict(state, strict=False)
 
 
 def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED_NONE) -> Trunk:

@@ -8,23 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "hms_0.5-1.0", "hms_0.5-1.0-2.0"]
-TINY = {
-    "model": {"head_channels": 8, "attention_channels": 8, "atrous_rates": [2, 4, 6]},
-    "data": {"synthetic": {"train": 4, "val": 3, "height": 64, "width": 128}},
-    "train": {"steps": 3, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
-    "finetune": {"steps": 2, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
-}
-
-
-def _merge(base: dict, update: dict) -> dict:
-    for k, v in update.items():
-        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return base
-
-
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -38,7 +25,7 @@ def repo(tmp_path_factory) -> Path:
     for name in ("hms_core", "stages"):
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dst)
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = tiny_params()
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dst)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dst)
@@ -90,3 +77,19 @@ def test_bad_params_fail_before_work(repo, tmp_path):
     assert proc.returncode == 1
     assert "'scales' must be a list that contains 1.0" in proc.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_predict_on_val_images(repo, tmp_path):
+    from PIL import Image
+
+    images = sorted((repo / "data" / "raw" / "synthetic" / "leftImg8bit" / "val").rglob("*.png"))[:2]
+    assert len(images) == 2
+    out = tmp_path / "pred"
+    _run([sys.executable, "-m", "hms_core.predict", *map(str, images), "--model", "models/hms/model.pt",
+          "--scales", "0.5", "1.0", "2.0", "--out", str(out), "--device", "cpu"], repo)
+    for image in images:
+        with Image.open(image) as im:
+            size = im.size
+        for suffix in ("classIds", "labelIds", "overlay", "attention_0.5", "attention_1.0"):
+            with Image.open(out / f"{image.stem}_{suffix}.png") as im:
+                assert im.size == size, (image.name, suffix)

@@ -1,0 +1,92 @@
+"""Explicit multi-scale attention, the baseline HMS is compared with
+(Chen et al. 2016, "Attention to Scale"; Tao et al. 2020, Sec. 3.1).
+
+One attention head reads the decoder features of *all* scales at once
+(resized to the scale-1.0 feature size and concatenated) and predicts N
+weights per pixel, a softmax over the scales:
+``P = sum_s w_s * up(p_s)`` at the scale-1.0 resolution. It is trained on all
+scales together, so a crop costs ``sum_s s^2`` image areas
+(0.25 + 1 + 4 = 5.25 for scales 0.5, 1, 2) against 1.25 for an HMS pair.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms_core.data import IGNORE, TrainSet, read_index
+from hms_core.engine import fit, resolve_device, seed_everything
+from hms_core.heads import AttentionHead
+from hms_core.hms import HMS
+from hms_core.io import save_checkpoint
+from hms_core.model import resize, scaled_size
+
+EXPLICIT = "explicit"
+
+
+class ExplicitAttention(HMS):
+    """The per-scale branches of :class:`HMS` with one explicit attention head over all scales."""
+
+    def build_attention(self, channels: int) -> nn.ModuleDict:
+        n = len(self.scales)
+        return nn.ModuleDict({EXPLICIT: AttentionHead(channels * n, self.meta["attention_channels"], n)})
+
+    def explicit_forward(self, image: torch.Tensor
+                         ) -> tuple[torch.Tensor, dict[float, torch.Tensor], torch.Tensor]:
+        """Return ``(P, {s: p_s}, w)`` for ``image`` at scale 1.0; ``P`` and ``w`` at its size."""
+        size = tuple(image.shape[-2:])
+        logits, features = {}, {}
+        for s in self.scales:
+            x = resize(image, scaled_size(size, s))
+            # A frozen branch needs no graph: only the attention head learns then.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
+                logits[s], features[s] = self.branch(s).forward_features(x)
+        ref = tuple(features[1.0].shape[-2:])
+        weights = self.attention[EXPLICIT](torch.cat([resize(features[s], ref) for s in self.scales], 1))
+        weights = resize(weights, size)
+        fused = sum(weights[:, i:i + 1] * resize(logits[s], size) for i, s in enumerate(self.scales))
+        return fused, logits, weights
+
+    def forward(self, image: torch.Tensor, scales: Any = None) -> torch.Tensor:
+        return self.explicit_forward(image)[0]
+
+
+def explicit_loss(fused: torch.Tensor, logits: dict[float, torch.Tensor], target: torch.Tensor,
+                  aux_weight: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``CE(P) + w * sum_s CE(up(p_s))``, ignore index 255 (the HMS loss, over all scales)."""
+    size = tuple(target.shape[-2:])
+    ce = lambda x: F.cross_entropy(resize(x, size), target, weight=class_weights, ignore_index=IGNORE)
+    return ce(fused) + aux_weight * sum(ce(p) for p in logits.values())
+
+
+def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared: str | Path,
+                      out: str | Path, checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
+    """Train the explicit head on all scales together, with HMS's fine-tuning budget
+    (``finetune`` params: steps, batch, crop at scale 1.0, optimiser)."""
+    # Imported here: training.py imports the models, and this keeps the module graph acyclic.
+    from hms_core.training import _stream, class_weights, epochs
+
+    cfg, seed = params["finetune"], params["seed"]
+    seed_everything(seed, params["runtime"]["deterministic"])
+    device = resolve_device(params["runtime"]["device"])
+    model.freeze_branches(not cfg["train_all"])
+    model.to(device)
+    index = read_index(prepared, "train")
+    dataset = TrainSet(index, 1.0, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101)
+    weights = class_weights(prepared, cfg["class_balance"], device)
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        image, label = batch
+        fused, logits, _ = model.explicit_forward(image)
+        return explicit_loss(fused, logits, label, cfg["aux_weight"], weights)
+
+    run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
+    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, seed + 101, start,
+                                                        params["runtime"]["workers"], device),
+                  cfg, checkpoint, run_id, live, desc="finetune explicit")
+    meta = {**model.meta, "finetune_steps": cfg["steps"], "finetune_epochs": epochs(cfg, len(index))}
+    save_checkpoint(out, {"meta": meta, "state_dict": model.cpu().state_dict()})
+    return summary

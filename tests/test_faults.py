@@ -1,0 +1,142 @@
+"""Faults: resume after SIGKILL, SIGTERM, NaN loss, safe checkpoint loading, reproducibility."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, tiny_params
+
+from hms_core.data import prepare_split
+from hms_core.engine import NonFiniteLoss, fit
+from hms_core.io import load_checkpoint, save_checkpoint
+from hms_core.labels import build_grouping
+from hms_core.synthetic import generate_dataset
+from hms_core.training import train_expert
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A tiny prepared dataset and params file for stage subprocesses."""
+    ws = tmp_path_factory.mktemp("ws")
+    generate_dataset(ws / "raw", {"train": 4, "val": 2}, 64, 128, seed=0, progress=False)
+    grouping = build_grouping("category")
+    for split in ("train", "val"):
+        prepare_split(ws / "raw", split, ws / "prepared", grouping)
+    (ws / "prepared" / "meta.json").write_text(
+        __import__("json").dumps({"splits": {"train": prepare_split(ws / "raw", "train", ws / "prepared", grouping)}}))
+    params = tiny_params(train={"steps": STEPS, "checkpoint_every": 1, "log_every": 1})
+    params["data"]["root"] = str(ws / "raw")
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    return ws
+
+
+def _train_cmd(ws: Path, name: str) -> list[str]:
+    return [sys.executable, str(ROOT / "stages" / "train.py"), "--params", str(ws / "params.yaml"),
+            "--scale", "1.0", "--prepared", str(ws / "prepared"), "--out", str(ws / name),
+            "--checkpoint", str(ws / f"{name}.ckpt"), "--live", str(ws / f"{name}_live")]
+
+
+def _start(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int) -> int:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file():
+            try:
+                step = load_checkpoint(path)["step"]
+            except ValueError:  # caught mid-rename: impossible with atomic writes, so fail loudly below
+                raise
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step}; stage output: {proc.communicate()}")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_sigkill_then_rerun_matches_uninterrupted_run(workspace):
+    ws = workspace
+    subprocess.run(_train_cmd(ws, "clean"), cwd=ws, check=True, capture_output=True)
+    proc = _start(_train_cmd(ws, "killed"), ws)
+    killed_at = _wait_for_checkpoint(ws / "killed.ckpt", proc, 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_at < STEPS and not (ws / "killed" / "model.pt").exists()
+    rerun = subprocess.run(_train_cmd(ws, "killed"), cwd=ws, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming from" in rerun.stderr
+    clean, resumed = _weights(ws / "clean" / "model.pt"), _weights(ws / "killed" / "model.pt")
+    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+    # dvclive curves are whole: one row per step, no duplicates from the replayed steps.
+    rows = (ws / "killed_live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in rows] == list(range(1, STEPS + 1))
+    assert rows == (ws / "clean_live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+
+
+def test_sigterm_writes_checkpoint_and_exits(workspace):
+    ws = workspace
+    proc = _start(_train_cmd(ws, "term"), ws)
+    _wait_for_checkpoint(ws / "term.ckpt", proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert proc.returncode == 130
+    step = load_checkpoint(ws / "term.ckpt")["step"]
+    assert f"checkpoint {ws / 'term.ckpt'} written" in err and f"at step {step}" in err
+    assert not (ws / "term" / "model.pt").exists()
+
+
+def test_nan_loss_stops_keeps_last_checkpoint_and_names_step(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    cfg = {"steps": 6, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+           "poly_power": 1.0, "checkpoint_every": 2, "log_every": 1}
+    batches = lambda start: (torch.ones(4, 2) * (float("nan") if i == 3 else 1.0) for i in range(start, 6))
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 3"):
+        fit(model, lambda x: model(x).mean(), batches, cfg, tmp_path / "ck.pt", {"id": 1})
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/hms_pwned",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"meta": _Payload()}, path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not Path("/tmp/hms_pwned").exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"w": torch.zeros(1000)})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=f"{path}: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_same_seed_same_weights_and_metrics(workspace, tmp_path):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["steps"] = 4
+    runs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}" / "model.pt"
+        summary = train_expert(params, 1.0, workspace / "prepared", out, tmp_path / f"run{i}.ckpt")
+        runs.append((summary["final_loss"], _weights(out)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
