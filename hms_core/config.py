@@ -125,12 +125,14 @@ SCHEMA: dict[str, Any] = {
         "label_map": string,
         "synthetic": {"train": integer(1), "val": integer(1), "height": integer(32), "width": integer(32)},
     },
-    "runtime": {"device": string, "workers": integer(0), "deterministic": boolean},
+    "runtime": {"device": string, "workers": integer(0), "deterministic": boolean,
+                "amp": choice("bf16", "fp16", "none"), "channels_last": boolean, "compile": boolean,
+                "gpus": integer(1)},
     "train": OPTIMIZATION,
     "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pair": number_pair},
     "finetune": {**OPTIMIZATION, "train_all": boolean, "aux_weight": number(low=0.0)},
     "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1),
-                 "official_check": boolean},
+                 "official_check": boolean, "pictures": integer(0), "costs": boolean},
 }
 
 

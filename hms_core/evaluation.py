@@ -26,6 +26,17 @@ def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) ->
     return names + ["hms_" + "-".join(scale_name(s) for s in sorted(chain)) for chain in hms_scales]
 
 
+def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]], explicit: HMS | None = None
+              ) -> dict[str, Sequence[float] | str]:
+    """Row name -> its scales, ``"avg"``/``"max"`` pooling, or ``"explicit"`` (for cost measurement)."""
+    specs: dict[str, Sequence[float] | str] = {f"scale_{scale_name(s)}": [s] for s in sorted(scales)}
+    specs.update({"avg": "avg", "max": "max"})
+    specs.update({name: chain for name, chain in zip(row_names(scales, hms_scales)[len(scales) + 2:], hms_scales)})
+    if explicit is not None:
+        specs[explicit_row(explicit)] = "explicit"
+    return specs
+
+
 @torch.no_grad()
 def predict_rows(model: HMS, image: torch.Tensor, scales: Sequence[float],
                  hms_scales: Sequence[Sequence[float]], flip: bool = False) -> dict[str, torch.Tensor]:
@@ -108,23 +119,41 @@ def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str,
     return out
 
 
-def table_rows(res: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows laid out like seed 000's Table 2: trunk, head, scale or method, epochs, mIoU, accuracy."""
+def table_rows(res: dict[str, dict[str, Any]], meta: dict[str, Any],
+               costs: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Rows laid out like seed 000's Table 2: trunk, head, scale or method, epochs, mIoU, accuracy
+    (then the costs, when measured, and the IoU of each class)."""
     rows = []
     for name, r in res.items():
+        cost = (costs or {}).get(name)
         rows.append({
             "trunk": meta["trunk"], "head": meta["head"], "method": method_label(name), "row": name,
             "epochs": round(meta["epochs"], 2),
             "finetune_epochs": 0.0 if name.startswith("scale_") else round(meta.get("finetune_epochs", 0), 2),
             "mIoU": round(100 * r["mIoU"], 2), "accuracy": round(100 * r["pixel_acc"], 2),
             "mean_class_acc": round(100 * r["mean_class_acc"], 2),
+            **({} if cost is None else {"params (M)": round(cost["params"] / 1e6, 2),
+                                        "ms/image": round(cost["ms_per_image"], 1),
+                                        "peak MB": round(cost["peak_mem_mb"], 1)}),
             **{f"IoU {c}": round(100 * v, 2) for c, v in r["iou"].items()},
         })
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    fmt = lambda v: "-" if isinstance(v, float) and np.isnan(v) else str(v)
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], mark_best: Sequence[str] = ()) -> str:
+    """A markdown table; in each column of ``mark_best`` the highest value is bold."""
+    best = {c: max((r[c] for r in rows if not _missing(r[c])), default=None) for c in mark_best}
+
+    def cell(r: dict[str, Any], c: str) -> str:
+        v = r[c]
+        if _missing(v):
+            return "-"
+        return f"**{v}**" if c in best and v == best[c] else str(v)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))

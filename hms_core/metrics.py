@@ -13,14 +13,19 @@ IGNORE = 255
 def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
                      num_classes: int) -> np.ndarray:
     """``cm[i, j]`` = number of pixels of true class ``i`` predicted as ``j``."""
-    pred = torch.as_tensor(pred).reshape(-1).long().cpu()
-    target = torch.as_tensor(target).reshape(-1).long().cpu()
+    pred, target = _flat_long(pred), _flat_long(target)
     keep = target != IGNORE
     if (target[keep] >= num_classes).any() or (target[keep] < 0).any():
         raise ValueError(f"target holds class ids outside 0..{num_classes - 1} (and 255)")
     index = target[keep] * num_classes + pred[keep]
     counts = torch.bincount(index, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).numpy().astype(np.int64)
+
+
+def _flat_long(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(x, np.ndarray):  # a copy: arrays read from images may be read-only
+        return torch.from_numpy(np.array(x, dtype=np.int64).reshape(-1))
+    return x.reshape(-1).long().cpu()
 
 
 def scores(cm: np.ndarray) -> dict[str, float | list[float]]:

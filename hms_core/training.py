@@ -1,5 +1,11 @@
 """Per-scale expert training and HMS attention fine-tuning (the library behind
-``stages/train.py`` and ``stages/finetune.py``)."""
+``stages/train.py`` and ``stages/finetune.py``).
+
+Each step runs as one module call (:class:`ExpertLoss`, :class:`PairLoss`) so
+that DistributedDataParallel and ``torch.compile`` see the whole forward pass
+and loss. In a multi-process job ``batch_size`` is per process: N processes
+train on global batches of ``N * batch_size`` (see :mod:`hms_core.distributed`).
+"""
 from __future__ import annotations
 
 import json
@@ -9,13 +15,17 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from hms_core import distributed
 from hms_core.data import IGNORE, StreamSampler, TrainSet, read_index
+from hms_core.distributed import Context
 from hms_core.engine import fit, resolve_device, seed_everything
 from hms_core.hms import HMS, hms_pair_loss
 from hms_core.io import save_checkpoint
 from hms_core.labels import build_grouping
-from hms_core.model import build_seg_model
+from hms_core.model import SegModel, build_seg_model
+from hms_core.speed import Speed, configure_backends, cpu_state_dict
 
 
 def model_meta(params: dict[str, Any]) -> dict[str, Any]:
@@ -50,15 +60,74 @@ def class_weights(prepared: str | Path, power: float, device: torch.device) -> t
 
 
 def _stream(dataset: TrainSet, cfg: dict[str, Any], seed: int, start: int, workers: int,
-            device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of steps ``start..cfg['steps']`` from the deterministic sample stream."""
-    b = cfg["batch_size"]
-    sampler = StreamSampler(len(dataset), seed, start * b, cfg["steps"] * b)
+            speed: Speed, ctx: Context) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's batches of steps ``start..cfg['steps']`` from the deterministic sample stream.
+
+    Step ``t`` covers the global positions ``[t * N * b, (t + 1) * N * b)``
+    (``N`` processes, per-process batch ``b``); rank ``r`` takes the ``r``-th slice.
+    """
+    b, n = cfg["batch_size"], ctx.world_size
+    sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,
+                            rank=ctx.rank, world_size=n, batch=b)
     loader = torch.utils.data.DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=workers,
-                                         pin_memory=device.type == "cuda",
+                                         pin_memory=speed.device.type == "cuda",
                                          persistent_workers=workers > 0)
     for image, label in loader:
-        yield image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        yield speed.to_device(image), speed.to_device(label)
+
+
+def ce_denominator(label: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The divisor of a mean cross-entropy: ``D = sum_i w[y_i]`` over the pixels not ignored
+    (their count without class weights); computed without a host sync."""
+    valid = label != IGNORE
+    if weights is None:
+        return valid.sum(dtype=torch.float64)
+    padded = torch.cat([weights.to(torch.float64), weights.new_zeros(1, dtype=torch.float64)])
+    return padded[torch.where(valid, label, len(weights))].sum()
+
+
+class ExpertLoss(nn.Module):
+    """``CE(model(image), label)`` (class weights, ignore 255) as one module call."""
+
+    def __init__(self, model: SegModel, weights: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights  # a plain attribute, not a buffer: DDP need not broadcast it
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(image), label, weight=self.weights, ignore_index=IGNORE)
+
+
+class PairLoss(nn.Module):
+    """The two-scale losses of every pair (one per pair) as one module call."""
+
+    def __init__(self, model: HMS, pairs: list[tuple[float, float]], aux_weight: float,
+                 weights: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model, self.pairs, self.aux_weight, self.weights = model, pairs, aux_weight, weights
+
+    def forward(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        losses = []
+        for (lo, hi), (image, label) in zip(self.pairs, batch):
+            joint, p_lo, p_hi, _ = self.model.pair_forward(image, lo, hi)
+            losses.append(hms_pair_loss(joint, p_lo, p_hi, label, self.aux_weight, self.weights))
+        return losses
+
+
+def _setup(params: dict[str, Any]) -> tuple[Speed, Context]:
+    """Seed, pick this rank's device and the speed settings for it."""
+    runtime = params["runtime"]
+    seed_everything(params["seed"], runtime["deterministic"])
+    ctx = distributed.current()
+    device = distributed.rank_device(resolve_device(runtime["device"]), ctx)
+    configure_backends(device, runtime["deterministic"])
+    return Speed.from_runtime(runtime, device), ctx
+
+
+def _run_id(run_id: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """A checkpoint is resumed by the same number of processes only (the global batch depends on it);
+    the key is absent for one process, so single-process checkpoints stay valid."""
+    return {**run_id, "world_size": ctx.world_size} if ctx.enabled else run_id
 
 
 def epochs(cfg: dict[str, Any], n_images: int) -> float:
@@ -69,25 +138,30 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
                  checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
     """Train trunk + head at image scale ``scale`` with cross-entropy (ignore 255)."""
     cfg, seed = params["train"], params["seed"]
-    seed_everything(seed, params["runtime"]["deterministic"])
-    device = resolve_device(params["runtime"]["device"])
+    speed, ctx = _setup(params)
     meta = model_meta(params)
-    model = build_seg_model(meta, params["pretrained"]).to(device)
+    model = speed.prepare_model(build_seg_model(meta, params["pretrained"]))
+    distributed.convert_sync_batchnorm(model, ctx, speed.device)
     index = read_index(prepared, "train")
     dataset = TrainSet(index, scale, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed)
-    weights = class_weights(prepared, cfg["class_balance"], device)
+    weights = class_weights(prepared, cfg["class_balance"], speed.device)
+    step = speed.maybe_compile(distributed.wrap(ExpertLoss(model, weights), ctx, speed.device))
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         image, label = batch
-        return F.cross_entropy(model(image), label, weight=weights, ignore_index=IGNORE)
+        loss = step(image, label)
+        if not ctx.enabled:
+            return loss
+        return distributed.global_batch_loss([loss], [ce_denominator(label, weights)], ctx)
 
     run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": cfg,
               "pretrained": params["pretrained"]}
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, seed, start,
-                                                        params["runtime"]["workers"], device),
-                  cfg, checkpoint, run_id, live, desc=f"train scale {scale}")
-    meta = {**meta, "scale": scale, "steps": cfg["steps"], "epochs": epochs(cfg, len(index))}
-    save_checkpoint(out, {"meta": meta, "state_dict": model.cpu().state_dict()})
+                                                        params["runtime"]["workers"], speed, ctx),
+                  cfg, checkpoint, _run_id(run_id, ctx), live, desc=f"train scale {scale}", speed=speed, ctx=ctx)
+    meta = {**meta, "scale": scale, "steps": cfg["steps"], "epochs": epochs(cfg, len(index)) * ctx.world_size}
+    if ctx.is_main:
+        save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return {**summary, "epochs": meta["epochs"]}
 
 
@@ -96,6 +170,17 @@ def finetune_pairs(params: dict[str, Any]) -> list[tuple[float, float]]:
     if params["hms"]["mode"] == "shared":
         return [tuple(float(s) for s in params["hms"]["shared_pair"])]
     return list(pairwise(sorted(float(s) for s in params["scales"])))
+
+
+def _unreached_parameters(model: HMS, pairs: list[tuple[float, float]]) -> list[str]:
+    """Names of trainable parameters that no pair's forward pass uses (no gradient, ever)."""
+    reached = set()
+    for lo, hi in pairs:
+        modules = [model.attention[model._key(lo, model.attention)]]
+        if not model.branches_frozen:
+            modules += [model.branch(lo), model.branch(hi)]
+        reached |= {id(p) for m in modules for p in m.parameters()}
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in reached]
 
 
 def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: str | Path,
@@ -107,31 +192,36 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
     are frozen unless ``finetune.train_all``.
     """
     cfg, seed = params["finetune"], params["seed"]
-    seed_everything(seed, params["runtime"]["deterministic"])
-    device = resolve_device(params["runtime"]["device"])
+    speed, ctx = _setup(params)
     model.freeze_branches(not cfg["train_all"])
-    model.to(device)
+    speed.prepare_model(model)
+    distributed.convert_sync_batchnorm(model, ctx, speed.device)
     index = read_index(prepared, "train")
     pairs = finetune_pairs(params)
-    weights = class_weights(prepared, cfg["class_balance"], device)
+    weights = class_weights(prepared, cfg["class_balance"], speed.device)
     # Each pair has its own sample stream (seed offset) so pairs see different crops.
     datasets = [TrainSet(index, hi, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101 * (i + 1))
                 for i, (lo, hi) in enumerate(pairs)]
+    # DDP skips frozen parameters; it must search the graph for unused ones only when some
+    # trainable module is not reached by the pairs (it costs a graph traversal per step).
+    step = speed.maybe_compile(distributed.wrap(
+        PairLoss(model, pairs, cfg["aux_weight"], weights), ctx, speed.device,
+        find_unused_parameters=bool(_unreached_parameters(model, pairs))))
 
     def batches(start: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        streams = [_stream(d, cfg, d.seed, start, params["runtime"]["workers"], device) for d in datasets]
+        streams = [_stream(d, cfg, d.seed, start, params["runtime"]["workers"], speed, ctx) for d in datasets]
         return (list(b) for b in zip(*streams))
 
     def loss_fn(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        total = 0.0
-        for (lo, hi), (image, label) in zip(pairs, batch):
-            joint, p_lo, p_hi, _ = model.pair_forward(image, lo, hi)
-            total = total + hms_pair_loss(joint, p_lo, p_hi, label, cfg["aux_weight"], weights)
-        return total
+        losses = step(batch)
+        return distributed.global_batch_loss(losses, [ce_denominator(label, weights) for _, label in batch]
+                                             if ctx.enabled else [], ctx)
 
     run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}
-    summary = fit(model, loss_fn, batches, cfg, checkpoint, run_id, live, desc="finetune")
-    meta = {**model.meta, "finetune_steps": cfg["steps"], "finetune_epochs": epochs(cfg, len(index)),
-            "pairs": [list(p) for p in pairs]}
-    save_checkpoint(out, {"meta": meta, "state_dict": model.cpu().state_dict()})
+    summary = fit(model, loss_fn, batches, cfg, checkpoint, _run_id(run_id, ctx), live, desc="finetune",
+                  speed=speed, ctx=ctx)
+    meta = {**model.meta, "finetune_steps": cfg["steps"],
+            "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size, "pairs": [list(p) for p in pairs]}
+    if ctx.is_main:
+        save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return summary

@@ -11,7 +11,8 @@ import yaml
 from conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "hms_0.5-1.0", "hms_0.5-1.0-2.0"]
+ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "hms_0.5-1.0", "hms_0.5-1.0-2.0",
+        "explicit_0.5-1.0-2.0"]
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
