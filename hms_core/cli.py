@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Callable
 
 from hms_core.config import ParamsError, load_params
@@ -22,6 +23,7 @@ def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
     args = parser.parse_args()
     start = time.perf_counter()
     try:
+        check_output_paths(args)
         params = load_params(args.params)
         main(args, params)
         print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -34,6 +36,18 @@ def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
     except Exception:
         traceback.print_exc()
         sys.exit(2)
+
+
+OUTPUT_ARGUMENTS = ("out", "checkpoint", "live")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Stage outputs must stay inside the working directory (the repository)."""
+    root = Path.cwd().resolve()
+    for name in OUTPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        if value is not None and not Path(value).resolve().is_relative_to(root):
+            raise ValueError(f"--{name} {value}: stage outputs must stay inside {root}")
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

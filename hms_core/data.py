@@ -8,6 +8,7 @@ the datasets read that index.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,8 +82,9 @@ def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: G
     index = []
     for image_path, label_path in tqdm(pairs, desc=f"prepare {split}", unit="img"):
         label_ids = _read_png(label_path, "L")
-        with Image.open(image_path) as im:
-            image_size = im.size[::-1]
+        # Decoding the whole image, not just its header, finds truncated files now
+        # rather than hours into training.
+        image_size = _read_png(image_path, "RGB").shape[:2]
         if label_ids.shape != image_size:
             raise DataError(f"{label_path}: label size {label_ids.shape[::-1]} differs from its image "
                             f"{image_path} size {image_size[::-1]} (width, height)")
@@ -100,7 +102,7 @@ def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: G
         city = label_path.parent.name
         out = out_dir / split / city / (label_path.name[: -len(LABEL_SUFFIX)] + CLASS_SUFFIX)
         atomic_write(out, lambda f: Image.fromarray(classes).save(f, format="PNG"))
-        index.append({"image": image_path.as_posix(), "label": out.as_posix()})
+        index.append({"image": image_path.as_posix(), "label": out.relative_to(out_dir).as_posix()})
     write_json(out_dir / f"{split}.json", index)
     return {"images": len(pairs),
             "class_pixels": dict(zip(grouping.class_names, counts[:-1].tolist())),
@@ -114,7 +116,26 @@ def read_index(prepared: str | Path, split: str) -> list[dict[str, str]]:
     index = json.loads(path.read_text())
     if not index:
         raise DataError(f"{path}: split '{split}' is empty")
-    return index
+    # Label paths are stored relative to the prepared folder, so the folder can move.
+    return [{**e, "label": (Path(prepared) / e["label"]).as_posix()} for e in index]
+
+
+def prepare_dataset(root: str | Path, out_dir: str | Path, grouping: Grouping, splits: Sequence[str],
+                    label_map: np.ndarray | None = None) -> dict[str, Any]:
+    """Prepare every split into ``out_dir`` with ``meta.json``; the folder appears whole or not at all."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        stats = {split: prepare_split(root, split, tmp, grouping, label_map) for split in splits}
+        meta = {"root": str(root), "grouping": grouping.mode, "classes": list(grouping.class_names),
+                "splits": stats}
+        write_json(tmp / "meta.json", meta)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:

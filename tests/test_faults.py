@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import ROOT, tiny_params
 
-from hms_core.data import prepare_split
+from hms_core.data import prepare_dataset
 from hms_core.engine import NonFiniteLoss, fit
 from hms_core.io import load_checkpoint, save_checkpoint
 from hms_core.labels import build_grouping
@@ -26,11 +26,7 @@ def workspace(tmp_path_factory) -> Path:
     """A tiny prepared dataset and params file for stage subprocesses."""
     ws = tmp_path_factory.mktemp("ws")
     generate_dataset(ws / "raw", {"train": 4, "val": 2}, 64, 128, seed=0, progress=False)
-    grouping = build_grouping("category")
-    for split in ("train", "val"):
-        prepare_split(ws / "raw", split, ws / "prepared", grouping)
-    (ws / "prepared" / "meta.json").write_text(
-        __import__("json").dumps({"splits": {"train": prepare_split(ws / "raw", "train", ws / "prepared", grouping)}}))
+    prepare_dataset(ws / "raw", ws / "prepared", build_grouping("category"), ["train", "val"])
     params = tiny_params(train={"steps": STEPS, "checkpoint_every": 1, "log_every": 1})
     params["data"]["root"] = str(ws / "raw")
     (ws / "params.yaml").write_text(yaml.safe_dump(params))

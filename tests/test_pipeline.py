@@ -73,11 +73,19 @@ def test_bad_params_fail_before_work(repo, tmp_path):
     bad["scales"] = [0.5, 2.0]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    proc = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(path), "--out", str(tmp_path / "p")],
+    proc = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(path), "--out", "bad_out"],
                           cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "'scales' must be a list that contains 1.0" in proc.stderr
-    assert not (tmp_path / "p").exists()
+    assert not (repo / "bad_out").exists()
+
+
+def test_stage_refuses_to_write_outside_the_repository(repo, tmp_path):
+    proc = subprocess.run([sys.executable, "stages/prepare.py", "--out", str(tmp_path / "elsewhere")],
+                          cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "stage outputs must stay inside" in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_predict_on_val_images(repo, tmp_path):
