@@ -69,9 +69,12 @@ def _stream(dataset: TrainSet, cfg: dict[str, Any], seed: int, start: int, worke
     b, n = cfg["batch_size"], ctx.world_size
     sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,
                             rank=ctx.rank, world_size=n, batch=b)
+    # A private generator: creating the loader must not draw from the global RNG, whose
+    # state the checkpoint restores (dropout masks would differ after a resume).
     loader = torch.utils.data.DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=workers,
                                          pin_memory=speed.device.type == "cuda",
-                                         persistent_workers=workers > 0)
+                                         persistent_workers=workers > 0,
+                                         generator=torch.Generator().manual_seed(seed))
     for image, label in loader:
         yield speed.to_device(image), speed.to_device(label)
 
