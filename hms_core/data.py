@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from hms_core.fastpng import decode_rgb8
 from hms_core.io import atomic_write, write_json
 from hms_core.labelmap import unmapped_ids
 from hms_core.labels import Grouping
@@ -140,7 +141,9 @@ def prepare_dataset(root: str | Path, out_dir: str | Path, grouping: Grouping, s
 
 def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Image as a normalised float tensor [3, H, W] and class ids as int64 [H, W]."""
-    image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
+    image = decode_rgb8(Path(entry["image"]))  # libpng: faster than PIL, the same pixels
+    if image is None:
+        image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
     label = torch.from_numpy(_read_png(Path(entry["label"]), "L").astype(np.int64))
     return (image.float() / 255 - MEAN) / STD, label
 

@@ -17,6 +17,7 @@ pixels), so each rank's mean ``L_r = S_r / D_r`` is rescaled to
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-LAUNCH_VARS = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
+_DDP_ARGS = frozenset(inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def process_group(device: torch.device) -> Iterator[Context]:
     if not launched() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield SINGLE
         return
-    check_devices(device, int(os.environ["WORLD_SIZE"]))
+    check_devices(device, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))  # GPUs of this node
     local_rank = int(os.environ["LOCAL_RANK"])
     cuda = device.type == "cuda"
     if cuda:
@@ -162,9 +163,13 @@ def wrap(module: nn.Module, ctx: Context, device: torch.device, find_unused_para
     if not ctx.enabled:
         return module
     cuda = device.type == "cuda"
-    return nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if cuda else None, broadcast_buffers=not cuda,
-        find_unused_parameters=find_unused_parameters)
+    options: dict[str, Any] = {"find_unused_parameters": find_unused_parameters}
+    if cuda:
+        options["device_ids"] = [device.index]
+        # Newer torch renames the per-forward broadcast; the old name still works but warns.
+        sync_key = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
+        options[sync_key] = False
+    return nn.parallel.DistributedDataParallel(module, **options)
 
 
 def global_batch_loss(losses: Sequence[torch.Tensor], denominators: Sequence[torch.Tensor],

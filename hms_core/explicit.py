@@ -10,18 +10,15 @@ scales together, so a crop costs ``sum_s s^2`` image areas
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core.data import IGNORE, TrainSet, read_index
-from hms_core.engine import fit, resolve_device, seed_everything
+from hms_core.data import IGNORE
 from hms_core.heads import AttentionHead
 from hms_core.hms import HMS
-from hms_core.io import save_checkpoint
 from hms_core.model import resize, scaled_size
 
 EXPLICIT = "explicit"
@@ -60,33 +57,3 @@ def explicit_loss(fused: torch.Tensor, logits: dict[float, torch.Tensor], target
     size = tuple(target.shape[-2:])
     ce = lambda x: F.cross_entropy(resize(x, size), target, weight=class_weights, ignore_index=IGNORE)
     return ce(fused) + aux_weight * sum(ce(p) for p in logits.values())
-
-
-def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared: str | Path,
-                      out: str | Path, checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
-    """Train the explicit head on all scales together, with HMS's fine-tuning budget
-    (``finetune`` params: steps, batch, crop at scale 1.0, optimiser)."""
-    # Imported here: training.py imports the models, and this keeps the module graph acyclic.
-    from hms_core.training import _stream, class_weights, epochs
-
-    cfg, seed = params["finetune"], params["seed"]
-    seed_everything(seed, params["runtime"]["deterministic"])
-    device = resolve_device(params["runtime"]["device"])
-    model.freeze_branches(not cfg["train_all"])
-    model.to(device)
-    index = read_index(prepared, "train")
-    dataset = TrainSet(index, 1.0, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101)
-    weights = class_weights(prepared, cfg["class_balance"], device)
-
-    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        image, label = batch
-        fused, logits, _ = model.explicit_forward(image)
-        return explicit_loss(fused, logits, label, cfg["aux_weight"], weights)
-
-    run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
-    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, seed + 101, start,
-                                                        params["runtime"]["workers"], device),
-                  cfg, checkpoint, run_id, live, desc="finetune explicit")
-    meta = {**model.meta, "finetune_steps": cfg["steps"], "finetune_epochs": epochs(cfg, len(index))}
-    save_checkpoint(out, {"meta": meta, "state_dict": model.cpu().state_dict()})
-    return summary

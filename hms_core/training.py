@@ -1,7 +1,9 @@
-"""Per-scale expert training and HMS attention fine-tuning (the library behind
-``stages/train.py`` and ``stages/finetune.py``).
+"""Per-scale expert training, HMS attention fine-tuning and the explicit-attention
+baseline's fine-tuning (the library behind ``stages/train.py``, ``stages/finetune.py``
+and ``stages/finetune_explicit.py``).
 
-Each step runs as one module call (:class:`ExpertLoss`, :class:`PairLoss`) so
+Each step runs as one module call (:class:`ExpertLoss`, :class:`PairLoss`,
+:class:`ExplicitLoss`) so
 that DistributedDataParallel and ``torch.compile`` see the whole forward pass
 and loss. In a multi-process job ``batch_size`` is per process: N processes
 train on global batches of ``N * batch_size`` (see :mod:`hms_core.distributed`).
@@ -21,6 +23,7 @@ from hms_core import distributed
 from hms_core.data import IGNORE, StreamSampler, TrainSet, read_index
 from hms_core.distributed import Context
 from hms_core.engine import fit, resolve_device, seed_everything
+from hms_core.explicit import ExplicitAttention, explicit_loss
 from hms_core.hms import HMS, hms_pair_loss
 from hms_core.io import save_checkpoint
 from hms_core.labels import build_grouping
@@ -60,12 +63,16 @@ def class_weights(prepared: str | Path, power: float, device: torch.device) -> t
 
 
 def _stream(dataset: TrainSet, cfg: dict[str, Any], seed: int, start: int, workers: int,
-            speed: Speed, ctx: Context) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            speed: Speed | torch.device, ctx: Context = distributed.SINGLE
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's batches of steps ``start..cfg['steps']`` from the deterministic sample stream.
 
     Step ``t`` covers the global positions ``[t * N * b, (t + 1) * N * b)``
     (``N`` processes, per-process batch ``b``); rank ``r`` takes the ``r``-th slice.
+    A plain device for ``speed`` means no speed options.
     """
+    if isinstance(speed, torch.device):
+        speed = Speed(speed)
     b, n = cfg["batch_size"], ctx.world_size
     sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,
                             rank=ctx.rank, world_size=n, batch=b)
@@ -115,6 +122,18 @@ class PairLoss(nn.Module):
             joint, p_lo, p_hi, _ = self.model.pair_forward(image, lo, hi)
             losses.append(hms_pair_loss(joint, p_lo, p_hi, label, self.aux_weight, self.weights))
         return losses
+
+
+class ExplicitLoss(nn.Module):
+    """The explicit-attention loss over all scales of one batch as one module call."""
+
+    def __init__(self, model: ExplicitAttention, aux_weight: float, weights: torch.Tensor | None) -> None:
+        super().__init__()
+        self.model, self.aux_weight, self.weights = model, aux_weight, weights
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        fused, logits, _ = self.model.explicit_forward(image)
+        return explicit_loss(fused, logits, label, self.aux_weight, self.weights)
 
 
 def _setup(params: dict[str, Any]) -> tuple[Speed, Context]:
@@ -217,14 +236,48 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
 
     def loss_fn(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         losses = step(batch)
-        return distributed.global_batch_loss(losses, [ce_denominator(label, weights) for _, label in batch]
-                                             if ctx.enabled else [], ctx)
+        denominators = [ce_denominator(label, weights) for _, label in batch] if ctx.enabled else []
+        return distributed.global_batch_loss(losses, denominators, ctx)
 
     run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}
     summary = fit(model, loss_fn, batches, cfg, checkpoint, _run_id(run_id, ctx), live, desc="finetune",
                   speed=speed, ctx=ctx)
     meta = {**model.meta, "finetune_steps": cfg["steps"],
             "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size, "pairs": [list(p) for p in pairs]}
+    if ctx.is_main:
+        save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
+    return summary
+
+
+def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared: str | Path,
+                      out: str | Path, checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
+    """Train the explicit head on all scales together with HMS's fine-tuning budget
+    (``finetune`` params: steps, batch, crop at scale 1.0, optimiser); branches frozen
+    unless ``finetune.train_all``."""
+    cfg, seed = params["finetune"], params["seed"]
+    speed, ctx = _setup(params)
+    model.freeze_branches(not cfg["train_all"])
+    speed.prepare_model(model)
+    distributed.convert_sync_batchnorm(model, ctx, speed.device)
+    index = read_index(prepared, "train")
+    weights = class_weights(prepared, cfg["class_balance"], speed.device)
+    dataset = TrainSet(index, 1.0, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101)
+    step = speed.maybe_compile(distributed.wrap(ExplicitLoss(model, cfg["aux_weight"], weights), ctx,
+                                                speed.device))
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        image, label = batch
+        loss = step(image, label)
+        if not ctx.enabled:
+            return loss
+        return distributed.global_batch_loss([loss], [ce_denominator(label, weights)], ctx)
+
+    run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
+    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, dataset.seed, start,
+                                                        params["runtime"]["workers"], speed, ctx),
+                  cfg, checkpoint, _run_id(run_id, ctx), live, desc="finetune explicit", speed=speed, ctx=ctx)
+    meta = {**model.meta, "finetune_steps": cfg["steps"],
+            "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return summary

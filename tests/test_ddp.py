@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import tiny_params  # noqa: E402
 
-from hms_core.data import StreamSampler, prepare_split  # noqa: E402
+from hms_core.data import StreamSampler, prepare_dataset  # noqa: E402
 from hms_core.distributed import process_group, torchrun_command  # noqa: E402
 from hms_core.engine import Interrupted, seed_everything  # noqa: E402
 from hms_core.hms import HMS  # noqa: E402
@@ -119,8 +119,7 @@ def ws(tmp_path_factory) -> Path:
     """A tiny prepared dataset (4 training images)."""
     ws = tmp_path_factory.mktemp("ddp")
     generate_dataset(ws / "raw", {"train": 4, "val": 2}, 64, 128, seed=0, progress=False)
-    stats = prepare_split(ws / "raw", "train", ws / "prepared", build_grouping("category"))
-    (ws / "prepared" / "meta.json").write_text(json.dumps({"splits": {"train": stats}}))
+    prepare_dataset(ws / "raw", ws / "prepared", build_grouping("category"), ["train"])
     return ws
 
 
