@@ -150,7 +150,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
             if ctx.is_main:
                 print(f"{desc}: resuming from {checkpoint} at step {start}/{steps}", file=sys.stderr)
         elif ctx.is_main:
-            print(f"{desc}: {checkpoint} is from other params; starting afresh", file=sys.stderr)
+            print(f"{desc}: {checkpoint} is from other params, code, data or weights; starting afresh", file=sys.stderr)
     # Every rank has read the checkpoint before rank 0 may overwrite it.
     distributed.barrier()
 

@@ -12,9 +12,10 @@ B. Large regions whose LOCAL texture is ambiguous and only CONTEXT resolves them
    favours LOW resolution. Each scene has 1-3 big rectangles, each a building (11) or a
    bus/truck (28/27) with equal chance. Both classes draw their interior from exactly the
    same distribution (`_region_texture`). Only the border tells them apart: buildings have a
-   brown roof band and stand on a strip of sidewalk, vehicles have a 2 px dark outline and
-   two black wheels under the bottom corners. A 96x96 training crop at scale 2 usually lies
-   inside such a region and sees no cue; at scale 0.5 the whole region fits in the crop.
+   6-10 px brown roof band and stand on a strip of sidewalk, vehicles have a 4 px dark
+   outline and two large black wheels under the bottom corners; the cues are thick enough to
+   survive halving. A 64x64 training crop at scale 2 usually lies inside such a region and
+   sees no cue; at scale 0.5 the whole region fits in the crop.
 
 Pure numpy + Pillow. Every image gets its own generator derived from (seed, split, index).
 """
@@ -157,6 +158,9 @@ def _region_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return base + panels + noise
 
 
+OUTLINE = 4  # vehicle outline width (px at scale 1): the cue must survive downscaling to 0.5
+
+
 def _draw_ambiguous_regions(s: _Scene) -> list[int]:
     """Failure mode B: 1-3 big building-or-vehicle rectangles told apart only by border cues."""
     rng, classes = s.rng, []
@@ -169,17 +173,18 @@ def _draw_ambiguous_regions(s: _Scene) -> list[int]:
         label = BUILDING if rng.random() < 0.5 else (BUS if rng.random() < 0.5 else TRUCK)
         texture = _region_texture(rng, h, w)
         if label == BUILDING:  # brown roof band on top, standing on a strip of sidewalk
-            roof = int(rng.integers(3, 6))
+            roof = int(rng.integers(6, 11))  # thick enough to survive downscaling to 0.5
             s.paint(s.box(y0, y1, x0, x1), texture, BUILDING)
             s.paint(s.box(y0, y0 + roof, x0, x1), (120, 70, 40), BUILDING, 6)
             s.paint(s.box(y1, y1 + int(rng.integers(3, 6)), x0 - 2, x1 + 2), _SIDEWALK_RGB, SIDEWALK, 6)
             s.region[y0 + roof:y1, x0:x1] = k
-        else:  # 2 px dark outline and two black wheels under the bottom corners
+        else:  # 4 px dark outline and two black wheels under the bottom corners
+            e = OUTLINE
             s.paint(s.box(y0, y1, x0, x1), (30, 30, 34), label)
-            s.paint(s.box(y0 + 2, y1 - 2, x0 + 2, x1 - 2), texture[2:-2, 2:-2], label)
-            s.region[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = k
-            wh, ww = max(3, h // 8), max(3, w // 8)
-            for wx in (x0 + 2, x1 - 2 - ww):
+            s.paint(s.box(y0 + e, y1 - e, x0 + e, x1 - e), texture[e:-e, e:-e], label)
+            s.region[y0 + e:y1 - e, x0 + e:x1 - e] = k
+            wh, ww = max(5, h // 6), max(5, w // 6)
+            for wx in (x0 + e, x1 - e - ww):
                 s.paint(s.box(y1 - wh // 2, y1 + wh - wh // 2, wx, wx + ww), (10, 10, 10), label)
         classes.append(label)
     return classes

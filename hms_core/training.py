@@ -10,7 +10,9 @@ train on global batches of ``N * batch_size`` (see :mod:`hms_core.distributed`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Iterator
@@ -146,9 +148,34 @@ def _setup(params: dict[str, Any]) -> tuple[Speed, Context]:
     return Speed.from_runtime(runtime, device), ctx
 
 
-def _run_id(run_id: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    """A checkpoint is resumed by the same number of processes only (the global batch depends on it);
-    the key is absent for one process, so single-process checkpoints stay valid."""
+def inputs_fingerprint(prepared: str | Path, start: nn.Module | None = None) -> str:
+    """SHA-256 over the library's code, the training data (prepared index, labels' and
+    images' sizes and modification times) and the weights training starts from.
+
+    A checkpoint resumes only a run with the same fingerprint: after a change of code
+    or data, DVC reruns the stage and the run must start afresh, not continue (or,
+    if complete, skip) training on what no longer exists.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    prepared = Path(prepared)
+    for name in ("train.json", "meta.json"):
+        digest.update((prepared / name).read_bytes())
+    for entry in read_index(prepared, "train"):
+        for key in ("image", "label"):
+            st = os.stat(entry[key])
+            digest.update(f"{entry[key]}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for name, tensor in (start.state_dict().items() if start is not None else ()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run_id(run_id: dict[str, Any], ctx: Context, prepared: str | Path, start: nn.Module | None = None
+            ) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: params, code, data, starting weights, and
+    the number of processes (the global batch depends on it; the key is absent for one)."""
+    run_id = {**run_id, "inputs": inputs_fingerprint(prepared, start)}
     return {**run_id, "world_size": ctx.world_size} if ctx.enabled else run_id
 
 
@@ -180,7 +207,7 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
               "pretrained": params["pretrained"]}
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, seed, start,
                                                         params["runtime"]["workers"], speed, ctx),
-                  cfg, checkpoint, _run_id(run_id, ctx), live, desc=f"train scale {scale}", speed=speed, ctx=ctx)
+                  cfg, checkpoint, _run_id(run_id, ctx, prepared), live, desc=f"train scale {scale}", speed=speed, ctx=ctx)
     meta = {**meta, "scale": scale, "steps": cfg["steps"], "epochs": epochs(cfg, len(index)) * ctx.world_size}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
@@ -240,7 +267,7 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
         return distributed.global_batch_loss(losses, denominators, ctx)
 
     run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}
-    summary = fit(model, loss_fn, batches, cfg, checkpoint, _run_id(run_id, ctx), live, desc="finetune",
+    summary = fit(model, loss_fn, batches, cfg, checkpoint, _run_id(run_id, ctx, prepared, model), live, desc="finetune",
                   speed=speed, ctx=ctx)
     meta = {**model.meta, "finetune_steps": cfg["steps"],
             "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size, "pairs": [list(p) for p in pairs]}
@@ -275,7 +302,7 @@ def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared
     run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, dataset.seed, start,
                                                         params["runtime"]["workers"], speed, ctx),
-                  cfg, checkpoint, _run_id(run_id, ctx), live, desc="finetune explicit", speed=speed, ctx=ctx)
+                  cfg, checkpoint, _run_id(run_id, ctx, prepared, model), live, desc="finetune explicit", speed=speed, ctx=ctx)
     meta = {**model.meta, "finetune_steps": cfg["steps"],
             "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size}
     if ctx.is_main:

@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import ROOT, tiny_params
 
-from hms_core.data import prepare_dataset
+from hms_core.data import prepare_dataset, read_index
 from hms_core.engine import NonFiniteLoss, fit
 from hms_core.io import load_checkpoint, save_checkpoint
 from hms_core.labels import build_grouping
@@ -136,3 +136,16 @@ def test_same_seed_same_weights_and_metrics(workspace, tmp_path):
         runs.append((summary["final_loss"], _weights(out)))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_checkpoint_of_other_data_is_not_resumed(workspace, tmp_path, capsys):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["steps"] = 2
+    ckpt = tmp_path / "run.ckpt"
+    train_expert(params, 1.0, workspace / "prepared", tmp_path / "a" / "model.pt", ckpt)
+    train_expert(params, 1.0, workspace / "prepared", tmp_path / "b" / "model.pt", ckpt)
+    assert "resuming from" in capsys.readouterr().err  # same inputs: the finished run is reused
+    image = Path(read_index(workspace / "prepared", "train")[0]["image"])
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the data changed
+    train_expert(params, 1.0, workspace / "prepared", tmp_path / "c" / "model.pt", ckpt)
+    assert "starting afresh" in capsys.readouterr().err
