@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
+from hms_core.engine import optimizer_step  # noqa: E402
 from hms_core.hms import HMS  # noqa: E402
 from hms_core.model import build_seg_model  # noqa: E402
 from hms_core.speed import AMP_MODES, Speed, configure_backends  # noqa: E402
@@ -114,14 +115,7 @@ def _train_steps(loss_module: torch.nn.Module, inputs: tuple, speed: Speed) -> t
             with speed.autocast():
                 out = module(*inputs)
                 loss = sum(out) if isinstance(out, list) else out
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            optimizer_step(loss, optimizer, scaler)
             loss.item()
         return step
 

@@ -5,8 +5,9 @@ import argparse
 import sys
 import time
 import traceback
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from hms_core.config import ParamsError, load_params
 from hms_core.data import DataError
@@ -54,3 +55,27 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser
+
+
+@contextmanager
+def training_session(runtime: dict, live_dir: str, checkpoint: str | Path
+                     ) -> Iterator[tuple[Any, Any | None]]:
+    """Process group and dvclive logger of a training stage: ``(ctx, live)``.
+
+    With ``runtime.gpus > 1`` the stage first re-executes itself under torchrun;
+    rank 0 alone gets a logger (``live`` is None elsewhere), resumed when a
+    checkpoint exists.
+    """
+    # Imported here: the error handling above must not pay for torch and dvclive.
+    from dvclive import Live
+
+    from hms_core.distributed import process_group, relaunch_under_torchrun
+    from hms_core.engine import resolve_device
+
+    device = resolve_device(runtime["device"])
+    relaunch_under_torchrun(runtime, device)  # returns only when no relaunch is needed
+    with process_group(device) as ctx:
+        logger = Live(live_dir, resume=Path(checkpoint).is_file(), save_dvc_exp=False, dvcyaml=False) \
+            if ctx.is_main else nullcontext()
+        with logger as live:
+            yield ctx, live

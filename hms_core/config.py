@@ -9,9 +9,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from hms_core.heads import HEADS
+from hms_core.io import read_yaml
 from hms_core.hms import MODES
 from hms_core.labels import GROUPINGS
 from hms_core.trunks import TRUNKS
@@ -176,8 +175,4 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: file not found (run from the repository root)")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return validate(params)
+    return validate(read_yaml(path, ParamsError))

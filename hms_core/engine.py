@@ -36,17 +36,29 @@ class Interrupted(RuntimeError):
     """A signal stopped training after the checkpoint was written."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU."""
+def resolve_device(name: str, key: str = "runtime.device") -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; errors name ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"runtime.device: expected auto, cpu or cuda[:N], got {name!r}") from None
+        raise ValueError(f"{key}: expected auto, cpu or cuda[:N], got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device: {name!r} asked for, but no CUDA device is available")
+        raise ValueError(f"{key}: {name!r} asked for, but no CUDA device is available")
     return device
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any | None) -> None:
+    """Backward and optimiser step, through the fp16 gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -175,14 +187,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
             if not torch.isfinite(shown):
                 raise NonFiniteLoss(f"{desc}: loss is {shown.item()} at step {step}; the last good "
                                     f"checkpoint ({checkpoint}) is kept")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+            optimizer_step(loss, optimizer, scaler)
             scheduler.step()
             last_loss = shown.item()
             bar.update(1)

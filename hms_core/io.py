@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, IO
 
 import torch
+import yaml
 
 
 @contextlib.contextmanager
@@ -45,6 +46,14 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_yaml(path: str | Path, error: type[Exception] = ValueError) -> Any:
+    """Parse a YAML file; a syntax error becomes ``error`` naming the file."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
 
 
 def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> None:

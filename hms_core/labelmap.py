@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
+from hms_core.io import read_yaml
 from hms_core.labels import CATEGORY_NAMES, build_grouping
 
 TARGETS = ("labelIds", "category")
@@ -95,10 +95,7 @@ def load_label_map(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.label_map: no label-map file at {path}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise LabelMapError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path, LabelMapError)
     if not isinstance(doc, dict) or set(doc) != {"to", "map"}:
         raise LabelMapError(f"{path}: expected exactly the keys 'to' ({' or '.join(TARGETS)}) and 'map' "
                             f"(source id -> target)")

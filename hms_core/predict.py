@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hms_core.data import MEAN, STD
+from hms_core.engine import resolve_device
 from hms_core.evaluation import scale_name
 from hms_core.hms import HMS, hierarchical_fusion
 from hms_core.io import atomic_write, load_checkpoint
@@ -189,19 +190,6 @@ def predict_files(model: HMS, paths: Sequence[Path], scales: Sequence[float], ou
             bar.update(len(batch))
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PredictError(f"--device: expected auto, cpu or cuda[:N], got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device: {name!r} asked for, but no CUDA device is available")
-    return device
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hms-predict", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively for *.png, *.jpg)")
@@ -222,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size: expected a positive integer, got {args.batch_size}")
         paths = find_images(args.inputs)
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, key="--device")
         model = load_model(args.model, device)
         scales = check_scales(model, args.scales if args.scales is not None else model.scales)
         predict_files(model, paths, scales, args.out, args.batch_size, device)

@@ -15,7 +15,7 @@ import json
 import os
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +138,18 @@ class ExplicitLoss(nn.Module):
         return explicit_loss(fused, logits, label, self.aux_weight, self.weights)
 
 
+def _batch_loss(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weights: torch.Tensor | None,
+                ctx: Context) -> Callable[[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The loss of one ``(image, label)`` batch; in a multi-process job, of the global batch."""
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        image, label = batch
+        loss = step(image, label)
+        if not ctx.enabled:
+            return loss
+        return distributed.global_batch_loss([loss], [ce_denominator(label, weights)], ctx)
+    return loss_fn
+
+
 def _setup(params: dict[str, Any]) -> tuple[Speed, Context]:
     """Seed, pick this rank's device and the speed settings for it."""
     runtime = params["runtime"]
@@ -171,6 +183,18 @@ def inputs_fingerprint(prepared: str | Path, start: nn.Module | None = None) -> 
     return digest.hexdigest()
 
 
+def _finetune_setup(params: dict[str, Any], model: HMS, prepared: str | Path
+                    ) -> tuple[Speed, Context, list[dict[str, str]], torch.Tensor | None]:
+    """Seed and device, branches frozen unless ``finetune.train_all``, the train index and
+    the class weights: what HMS and explicit fine-tuning share."""
+    speed, ctx = _setup(params)
+    model.freeze_branches(not params["finetune"]["train_all"])
+    speed.prepare_model(model)
+    distributed.convert_sync_batchnorm(model, ctx, speed.device)
+    weights = class_weights(prepared, params["finetune"]["class_balance"], speed.device)
+    return speed, ctx, read_index(prepared, "train"), weights
+
+
 def _run_id(run_id: dict[str, Any], ctx: Context, prepared: str | Path, start: nn.Module | None = None
             ) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: params, code, data, starting weights, and
@@ -195,13 +219,7 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
     dataset = TrainSet(index, scale, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed)
     weights = class_weights(prepared, cfg["class_balance"], speed.device)
     step = speed.maybe_compile(distributed.wrap(ExpertLoss(model, weights), ctx, speed.device))
-
-    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        image, label = batch
-        loss = step(image, label)
-        if not ctx.enabled:
-            return loss
-        return distributed.global_batch_loss([loss], [ce_denominator(label, weights)], ctx)
+    loss_fn = _batch_loss(step, weights, ctx)
 
     run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": cfg,
               "pretrained": params["pretrained"]}
@@ -241,13 +259,8 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
     are frozen unless ``finetune.train_all``.
     """
     cfg, seed = params["finetune"], params["seed"]
-    speed, ctx = _setup(params)
-    model.freeze_branches(not cfg["train_all"])
-    speed.prepare_model(model)
-    distributed.convert_sync_batchnorm(model, ctx, speed.device)
-    index = read_index(prepared, "train")
+    speed, ctx, index, weights = _finetune_setup(params, model, prepared)
     pairs = finetune_pairs(params)
-    weights = class_weights(prepared, cfg["class_balance"], speed.device)
     # Each pair has its own sample stream (seed offset) so pairs see different crops.
     datasets = [TrainSet(index, hi, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101 * (i + 1))
                 for i, (lo, hi) in enumerate(pairs)]
@@ -282,22 +295,11 @@ def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared
     (``finetune`` params: steps, batch, crop at scale 1.0, optimiser); branches frozen
     unless ``finetune.train_all``."""
     cfg, seed = params["finetune"], params["seed"]
-    speed, ctx = _setup(params)
-    model.freeze_branches(not cfg["train_all"])
-    speed.prepare_model(model)
-    distributed.convert_sync_batchnorm(model, ctx, speed.device)
-    index = read_index(prepared, "train")
-    weights = class_weights(prepared, cfg["class_balance"], speed.device)
+    speed, ctx, index, weights = _finetune_setup(params, model, prepared)
     dataset = TrainSet(index, 1.0, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101)
     step = speed.maybe_compile(distributed.wrap(ExplicitLoss(model, cfg["aux_weight"], weights), ctx,
                                                 speed.device))
-
-    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        image, label = batch
-        loss = step(image, label)
-        if not ctx.enabled:
-            return loss
-        return distributed.global_batch_loss([loss], [ce_denominator(label, weights)], ctx)
+    loss_fn = _batch_loss(step, weights, ctx)
 
     run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, dataset.seed, start,

@@ -5,33 +5,22 @@ processes (DistributedDataParallel); rank 0 logs and writes the outputs.
 """
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dvclive import Live
-
-from hms_core.cli import run_stage, stage_parser
-from hms_core.distributed import process_group, relaunch_under_torchrun
-from hms_core.engine import resolve_device
+from hms_core.cli import run_stage, stage_parser, training_session
 from hms_core.hms import HMS
 from hms_core.io import load_checkpoint
 from hms_core.training import finetune_hms, finetune_pairs
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    device = resolve_device(params["runtime"]["device"])
-    relaunch_under_torchrun(params["runtime"], device)  # returns only when no relaunch is needed
-    ckpt = load_checkpoint(args.model)
-    model = HMS(ckpt["meta"])
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    checkpoint = Path(args.checkpoint)
-    with process_group(device) as ctx:
-        logger = Live(args.live, resume=checkpoint.is_file(), save_dvc_exp=False, dvcyaml=False) \
-            if ctx.is_main else nullcontext()
-        with logger as live:
-            summary = finetune_hms(params, model, args.prepared, args.out, checkpoint, live)
+    with training_session(params["runtime"], args.live, args.checkpoint) as (ctx, live):
+        ckpt = load_checkpoint(args.model)
+        model = HMS(ckpt["meta"])
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        summary = finetune_hms(params, model, args.prepared, args.out, args.checkpoint, live)
     if ctx.is_main:
         print(f"finetune: pairs {finetune_pairs(params)}: {summary['steps']} steps, "
               f"final loss {summary['final_loss']:.4f} -> {args.out}")

@@ -5,33 +5,22 @@ processes (DistributedDataParallel); rank 0 logs and writes the outputs.
 """
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dvclive import Live
-
-from hms_core.cli import run_stage, stage_parser
-from hms_core.distributed import process_group, relaunch_under_torchrun
-from hms_core.engine import resolve_device
+from hms_core.cli import run_stage, stage_parser, training_session
 from hms_core.training import train_expert
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
     if float(args.scale) not in [float(s) for s in params["scales"]]:
         raise ValueError(f"--scale {args.scale} is not in params scales {params['scales']}")
-    device = resolve_device(params["runtime"]["device"])
-    relaunch_under_torchrun(params["runtime"], device)  # returns only when no relaunch is needed
-    checkpoint = Path(args.checkpoint)
-    with process_group(device) as ctx:
-        logger = Live(args.live, resume=checkpoint.is_file(), save_dvc_exp=False, dvcyaml=False) \
-            if ctx.is_main else nullcontext()
-        with logger as live:
-            summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
-                                   checkpoint, live)
-            if live is not None:
-                live.summary.update({"epochs": summary["epochs"]})
+    with training_session(params["runtime"], args.live, args.checkpoint) as (ctx, live):
+        summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
+                               args.checkpoint, live)
+        if live is not None:
+            live.summary.update({"epochs": summary["epochs"]})
     if ctx.is_main:
         print(f"train: scale {args.scale}: {summary['steps']} steps ({summary['epochs']:.1f} epochs), "
               f"final loss {summary['final_loss']:.4f} -> {args.out}/model.pt")
