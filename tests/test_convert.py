@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from hms_core.convert import main
-from hms_core.data import DataError, find_pairs, prepare_split
+from hms_core.data import DataError, find_pairs, prepare_split, read_index
 from hms_core.labelmap import load_label_map
 from hms_core.labels import build_grouping
 
@@ -72,7 +72,7 @@ def test_round_trip_through_prepare_with_the_label_map(tmp_path):
     grouping = build_grouping("category")
     stats = prepare_split(root, "train", tmp_path / "prepared", grouping, lut)
     assert stats["images"] == 2
-    index = json.loads((tmp_path / "prepared" / "train.json").read_text())
+    index = read_index(tmp_path / "prepared", "train")
     for entry, stem in zip(index, "ab"):
         classes = np.asarray(Image.open(entry["label"]))
         # background and 255 -> ignored; Road -> flat; car -> vehicle; light -> object; tree -> nature
@@ -113,8 +113,8 @@ def test_prepare_stage_reads_data_label_map(tmp_path):
     assert params["data"]["label_map"] == "none"
     params["data"].update(root=str(root), label_map=str(root / "label_map.yaml"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(tmp_path / "params.yaml"),
-                           "--out", str(tmp_path / "prepared")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "prepare.py"), "--params", "params.yaml",
+                           "--out", "prepared"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
     assert meta["splits"]["train"]["images"] == 2 and meta["splits"]["train"]["class_pixels"]["vehicle"] > 0
