@@ -58,13 +58,13 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 
 @contextmanager
-def training_session(runtime: dict, live_dir: str, checkpoint: str | Path
-                     ) -> Iterator[tuple[Any, Any | None]]:
+def training_session(runtime: dict, live_dir: str) -> Iterator[tuple[Any, Any | None]]:
     """Process group and dvclive logger of a training stage: ``(ctx, live)``.
 
     With ``runtime.gpus > 1`` the stage first re-executes itself under torchrun;
-    rank 0 alone gets a logger (``live`` is None elsewhere), resumed when a
-    checkpoint exists.
+    rank 0 alone gets a logger (``live`` is None elsewhere). The log folder is
+    kept (a DVC ``persist`` output, like the checkpoint): ``engine.fit`` trims it
+    to the step training starts from.
     """
     # Imported here: the error handling above must not pay for torch and dvclive.
     from dvclive import Live
@@ -75,7 +75,7 @@ def training_session(runtime: dict, live_dir: str, checkpoint: str | Path
     device = resolve_device(runtime["device"])
     relaunch_under_torchrun(runtime, device)  # returns only when no relaunch is needed
     with process_group(device) as ctx:
-        logger = Live(live_dir, resume=Path(checkpoint).is_file(), save_dvc_exp=False, dvcyaml=False) \
+        logger = Live(live_dir, resume=True, save_dvc_exp=False, dvcyaml=False) \
             if ctx.is_main else nullcontext()
         with logger as live:
             yield ctx, live

@@ -106,7 +106,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def truncate_live_logs(live_dir: str | Path, step: int) -> None:
-    """Drop dvclive rows logged after ``step``: a resumed run logs them again."""
+    """Drop dvclive rows logged after ``step`` (all of them at 0): the run logs them again."""
     for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
         lines = tsv.read_text().splitlines(keepends=True)
         kept = lines[:1] + [l for l in lines[1:] if l.strip() and int(float(l.split("\t", 1)[0])) <= step]
@@ -157,12 +157,14 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
                 scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             start = int(state["step"])
-            if live is not None:
-                truncate_live_logs(live.dir, start)
             if ctx.is_main:
                 print(f"{desc}: resuming from {checkpoint} at step {start}/{steps}", file=sys.stderr)
         elif ctx.is_main:
             print(f"{desc}: {checkpoint} is from other params, code, data or weights; starting afresh", file=sys.stderr)
+    if live is not None:
+        # The log folder persists across reruns like the checkpoint: keep the rows of the
+        # steps the checkpoint covers, drop those a resumed (or fresh) run logs again.
+        truncate_live_logs(live.dir, start)
     # Every rank has read the checkpoint before rank 0 may overwrite it.
     distributed.barrier()
 

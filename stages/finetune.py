@@ -16,7 +16,7 @@ from hms_core.training import finetune_hms, finetune_pairs
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    with training_session(params["runtime"], args.live, args.checkpoint) as (ctx, live):
+    with training_session(params["runtime"], args.live) as (ctx, live):
         ckpt = load_checkpoint(args.model)
         model = HMS(ckpt["meta"])
         model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -17,7 +17,7 @@ from hms_core.transplant import transplant_experts
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    with training_session(params["runtime"], args.live, args.checkpoint) as (ctx, live):
+    with training_session(params["runtime"], args.live) as (ctx, live):
         model, meta, report = transplant_experts(params, args.experts, ExplicitAttention)
         model.meta = meta
         if ctx.is_main:

@@ -16,7 +16,7 @@ from hms_core.training import train_expert
 def main(args: argparse.Namespace, params: dict) -> None:
     if float(args.scale) not in [float(s) for s in params["scales"]]:
         raise ValueError(f"--scale {args.scale} is not in params scales {params['scales']}")
-    with training_session(params["runtime"], args.live, args.checkpoint) as (ctx, live):
+    with training_session(params["runtime"], args.live) as (ctx, live):
         summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
                                args.checkpoint, live)
         if live is not None:
