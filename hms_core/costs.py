@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from hms_core.hms import HMS, scale_key
+from hms_core.hms import HMS
 
 
 def count_parameters(modules: Iterable[nn.Module]) -> int:
@@ -83,8 +83,8 @@ def row_calls(model: HMS, image: torch.Tensor, rows: dict[str, Sequence[float] |
         elif spec in ("avg", "max"):
             calls[name] = (lambda: [model.scale_forward(image, s, attention=False) for s in scales], used)
         else:
-            heads = [model.attention[k] for k in {scale_key(s) if model.mode == "experts" else "shared"
-                                                  for s in sorted(scales)[:-1]} if k in model.attention]
+            heads = [model.attention[k] for k in {model.attention_key(s) for s in sorted(scales)[:-1]}
+                     if k is not None]
             calls[name] = (lambda scales=scales: model(image, scales), used + heads)
     return calls
 

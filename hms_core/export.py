@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hms_core.data import MEAN, STD
-from hms_core.hms import HMS, SHARED, hierarchical_fusion, scale_key
+from hms_core.hms import HMS, hierarchical_fusion
 from hms_core.io import atomic_write
 from hms_core.labels import build_grouping
 from hms_core.model import resize, scaled_size
@@ -47,9 +47,7 @@ class FixedScaleHMS(nn.Module):
         self.size = (height, width)
         self.sizes = [scaled_size(self.size, s) for s in self.scales]
         # Attention-head key per scale; None for the top scale, whose attention the chain never reads.
-        keys = [SHARED if model.mode == SHARED else scale_key(s) for s in self.scales]
-        self.attention_keys = [k if k in model.attention and s != self.scales[-1] else None
-                               for s, k in zip(self.scales, keys)]
+        self.attention_keys = [model.attention_key(s) if s != self.scales[-1] else None for s in self.scales]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         outputs = {}

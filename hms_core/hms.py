@@ -13,7 +13,7 @@ Two modes (DESIGN.md section 2):
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,10 @@ class HMS(nn.Module):
     def branch(self, scale: float) -> SegModel:
         return self.branches[self._key(scale, self.branches)]
 
+    def attention_key(self, scale: float) -> str | None:
+        """Key of ``scale``'s attention head in ``self.attention``; None when it has none."""
+        return self._key(scale, self.attention)
+
     def scale_forward(self, image: torch.Tensor, scale: float, attention: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run one scale on the full image: ``(p_s, a_s)`` at the size of ``image`` resized by ``scale``.
@@ -136,14 +140,16 @@ class HMS(nn.Module):
         # A frozen branch needs no graph: only the attention head learns then.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
             logits, features = self.branch(scale).forward_features(x)
-        key = self._key(scale, self.attention) if attention else None
+        key = self.attention_key(scale) if attention else None
         if key is None:
             return logits, None
         return logits, resize(self.attention[key](features), tuple(x.shape[-2:]))
 
     def forward(self, image: torch.Tensor, scales: Sequence[float] = (0.5, 1.0)) -> torch.Tensor:
         """N-scale inference; logits at ``image``'s size."""
-        outputs = {float(s): self.scale_forward(image, s) for s in scales}
+        top = max(float(s) for s in scales)
+        # The chain never reads the top scale's attention: do not compute it.
+        outputs = {float(s): self.scale_forward(image, s, attention=float(s) != top) for s in scales}
         return resize(hierarchical_fusion(outputs), tuple(image.shape[-2:]))
 
     @property
@@ -160,6 +166,3 @@ class HMS(nn.Module):
         if self.branches_frozen:
             self.branches.eval()  # frozen branches keep their BatchNorm statistics
         return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]

@@ -243,7 +243,7 @@ def _unreached_parameters(model: HMS, pairs: list[tuple[float, float]]) -> list[
     """Names of trainable parameters that no pair's forward pass uses (no gradient, ever)."""
     reached = set()
     for lo, hi in pairs:
-        modules = [model.attention[model._key(lo, model.attention)]]
+        modules = [model.attention[model.attention_key(lo)]]
         if not model.branches_frozen:
             modules += [model.branch(lo), model.branch(hi)]
         reached |= {id(p) for m in modules for p in m.parameters()}
