@@ -21,17 +21,26 @@ def scale_name(s: float) -> str:
     return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
 
 
+def single_rows(scales: Sequence[float]) -> dict[str, float]:
+    """Row name -> scale of each single-scale row (``scale_0.5``, ...), in ascending scale order."""
+    return {f"scale_{scale_name(s)}": s for s in sorted(scales)}
+
+
+def hms_rows(hms_scales: Sequence[Sequence[float]]) -> dict[str, Sequence[float]]:
+    """Row name -> scale chain of each HMS row (``hms_0.5-1.0``, ...)."""
+    return {"hms_" + "-".join(scale_name(s) for s in sorted(chain)): chain for chain in hms_scales}
+
+
 def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) -> list[str]:
-    names = [f"scale_{scale_name(s)}" for s in sorted(scales)] + ["avg", "max"]
-    return names + ["hms_" + "-".join(scale_name(s) for s in sorted(chain)) for chain in hms_scales]
+    return list(row_specs(scales, hms_scales))
 
 
 def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]], explicit: HMS | None = None
               ) -> dict[str, Sequence[float] | str]:
-    """Row name -> its scales, ``"avg"``/``"max"`` pooling, or ``"explicit"`` (for cost measurement)."""
-    specs: dict[str, Sequence[float] | str] = {f"scale_{scale_name(s)}": [s] for s in sorted(scales)}
+    """Row name -> its scales, ``"avg"``/``"max"`` pooling, or ``"explicit"``, in table order."""
+    specs: dict[str, Sequence[float] | str] = {name: [s] for name, s in single_rows(scales).items()}
     specs.update({"avg": "avg", "max": "max"})
-    specs.update({name: chain for name, chain in zip(row_names(scales, hms_scales)[len(scales) + 2:], hms_scales)})
+    specs.update(hms_rows(hms_scales))
     if explicit is not None:
         specs[explicit_row(explicit)] = "explicit"
     return specs
@@ -48,12 +57,11 @@ def predict_rows(model: HMS, image: torch.Tensor, scales: Sequence[float],
         for s, (p, a) in outputs.items():
             pf, af = model.scale_forward(image.flip(-1), s)
             outputs[s] = ((p + pf.flip(-1)) / 2, None if a is None else (a + af.flip(-1)) / 2)
-    rows = [f"scale_{scale_name(s)}" for s in sorted(scales)]
-    logits = {name: resize(outputs[float(s)][0], size) for name, s in zip(rows, sorted(scales))}
+    logits = {name: resize(outputs[float(s)][0], size) for name, s in single_rows(scales).items()}
     at_one = torch.stack([resize(outputs[float(s)][0], scaled_size(size, 1.0)) for s in scales])
     logits["avg"] = resize(at_one.mean(0), size)
     logits["max"] = resize(at_one.amax(0), size)
-    for name, chain in zip(row_names(scales, hms_scales)[len(scales) + 2:], hms_scales):
+    for name, chain in hms_rows(hms_scales).items():
         logits[name] = resize(hierarchical_fusion({float(s): outputs[float(s)] for s in chain}), size)
     return logits
 
