@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.io import ImageReadMode, decode_png  # noqa: E402
 
-from hms_core.data import MEAN, STD, _read_png  # noqa: E402
+from hms_core.data import _read_png, normalise  # noqa: E402
 from hms_core.synthetic import render_scene  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def torchvision_rgb(path: Path) -> torch.Tensor:
 
 
 def normalised(decode: Callable[[Path], torch.Tensor]) -> Callable[[Path], torch.Tensor]:
-    return lambda path: (decode(path).float() / 255 - MEAN) / STD
+    return lambda path: normalise(decode(path))
 
 
 def timings(fns: dict[str, Callable[[Path], torch.Tensor]], path: Path, repeats: int) -> dict[str, list[float]]:

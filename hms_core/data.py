@@ -139,13 +139,18 @@ def prepare_dataset(root: str | Path, out_dir: str | Path, grouping: Grouping, s
     return meta
 
 
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB [3, H, W] -> float ``(x / 255 - mean) / std`` with ImageNet statistics."""
+    return (image.float() / 255 - MEAN) / STD
+
+
 def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Image as a normalised float tensor [3, H, W] and class ids as int64 [H, W]."""
     image = decode_rgb8(Path(entry["image"]))  # libpng: faster than PIL, the same pixels
     if image is None:
         image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
     label = torch.from_numpy(_read_png(Path(entry["label"]), "L").astype(np.int64))
-    return (image.float() / 255 - MEAN) / STD, label
+    return normalise(image), label
 
 
 def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: float, crop: int,

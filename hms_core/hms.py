@@ -13,6 +13,7 @@ Two modes (DESIGN.md section 2):
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core.heads import AttentionHead
+from hms_core.io import load_checkpoint
 from hms_core.model import SegModel, build_seg_model, resize, scaled_size
 
 MODES = ("experts", "shared")
@@ -166,3 +168,20 @@ class HMS(nn.Module):
         if self.branches_frozen:
             self.branches.eval()  # frozen branches keep their BatchNorm statistics
         return self
+
+
+def load_hms(path: str | Path, cls: type[HMS] = HMS) -> HMS:
+    """The model saved at ``path`` (``{"meta", "state_dict"}`` from transplant or fine-tuning),
+    rebuilt as ``cls`` from its meta and loaded with ``strict=True``."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "mode" not in ckpt.get("meta", {}):
+        raise ValueError(f"{path}: not an HMS model checkpoint (expected the output of the finetune "
+                         f"or transplant stage)")
+    try:
+        model = cls(ckpt["meta"])
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:  # load_state_dict lists every key: keep the start
+        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:200]
+        raise ValueError(f"{path}: weights do not match the model its meta describes "
+                         f"({type(exc).__name__}: {reason})") from None
+    return model

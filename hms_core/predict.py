@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from hms_core.data import MEAN, STD
+from hms_core.data import normalise as normalise_chw
 from hms_core.engine import resolve_device
 from hms_core.evaluation import scale_name
-from hms_core.hms import HMS, hierarchical_fusion
-from hms_core.io import atomic_write, load_checkpoint
+from hms_core.hms import HMS, hierarchical_fusion, load_hms
+from hms_core.io import atomic_write
 from hms_core.labelmap import class_colors, class_label_ids
 from hms_core.model import resize
 
@@ -82,24 +82,12 @@ def read_image(path: Path) -> np.ndarray:
 
 def normalise(image: np.ndarray) -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> float [3, H, W], normalised exactly as in training (ImageNet mean/std)."""
-    x = torch.from_numpy(image.copy()).permute(2, 0, 1)
-    return (x.float() / 255 - MEAN) / STD
+    return normalise_chw(torch.from_numpy(image.copy()).permute(2, 0, 1))
 
 
 def load_model(path: str | Path, device: torch.device) -> HMS:
     """The HMS model saved at ``path`` (``{"meta", "state_dict"}``), in eval mode on ``device``."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "mode" not in ckpt.get("meta", {}):
-        raise PredictError(f"{path}: not an HMS model checkpoint (expected the output of the finetune "
-                           f"or transplant stage)")
-    try:
-        model = HMS(ckpt["meta"])
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as exc:  # load_state_dict lists every key: keep the start
-        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])[:200]
-        raise PredictError(f"{path}: weights do not match the model its meta describes "
-                           f"({type(exc).__name__}: {reason})") from None
-    return model.eval().to(device)
+    return load_hms(path).eval().to(device)
 
 
 def check_scales(model: HMS, scales: Sequence[float]) -> list[float]:

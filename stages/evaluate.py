@@ -17,8 +17,8 @@ from hms_core.data import EvalSet, read_index
 from hms_core.engine import resolve_device, seed_everything
 from hms_core.evaluation import evaluate, markdown_table, results, row_names, row_specs, table_rows
 from hms_core.explicit import ExplicitAttention
-from hms_core.hms import HMS
-from hms_core.io import load_checkpoint, write_json, write_text
+from hms_core.hms import load_hms
+from hms_core.io import write_json, write_text
 from hms_core.labels import build_grouping
 from hms_core.official import OfficialCheck
 from hms_core.pictures import confusion_figure, prediction_panel
@@ -27,19 +27,12 @@ TABLE_COLUMNS = ["trunk", "head", "method", "epochs", "finetune_epochs", "mIoU",
 COST_COLUMNS = ["params (M)", "ms/image", "peak MB"]
 
 
-def load_model(path: str, cls: type[HMS]) -> HMS:
-    ckpt = load_checkpoint(path)
-    model = cls(ckpt["meta"])
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.eval()
-
-
 def main(args: argparse.Namespace, params: dict) -> None:
     seed_everything(params["seed"], params["runtime"]["deterministic"])
     cfg, scales, chains = params["evaluate"], params["scales"], params["evaluate"]["hms_scales"]
     device = resolve_device(params["runtime"]["device"])
-    model = load_model(args.model, HMS)
-    explicit = load_model(args.explicit, ExplicitAttention) if args.explicit else None
+    model = load_hms(args.model).eval()
+    explicit = load_hms(args.explicit, ExplicitAttention).eval() if args.explicit else None
     grouping = build_grouping(model.meta["grouping"])
     dataset = EvalSet(read_index(args.prepared, "val"))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"],

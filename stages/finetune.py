@@ -10,16 +10,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hms_core.cli import run_stage, stage_parser, training_session
-from hms_core.hms import HMS
-from hms_core.io import load_checkpoint
+from hms_core.hms import load_hms
 from hms_core.training import finetune_hms, finetune_pairs
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
     with training_session(params["runtime"], args.live) as (ctx, live):
-        ckpt = load_checkpoint(args.model)
-        model = HMS(ckpt["meta"])
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model = load_hms(args.model)
         summary = finetune_hms(params, model, args.prepared, args.out, args.checkpoint, live)
     if ctx.is_main:
         print(f"finetune: pairs {finetune_pairs(params)}: {summary['steps']} steps, "
