@@ -64,18 +64,15 @@ def class_weights(prepared: str | Path, power: float, device: torch.device) -> t
     return weights.float().to(device)
 
 
-def _stream(dataset: TrainSet, cfg: dict[str, Any], seed: int, start: int, workers: int,
-            speed: Speed | torch.device, ctx: Context = distributed.SINGLE
+def _stream(dataset: TrainSet, cfg: dict[str, Any], start: int, workers: int, speed: Speed, ctx: Context
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's batches of steps ``start..cfg['steps']`` from the deterministic sample stream.
+    """This rank's batches of steps ``start..cfg['steps']`` from the deterministic sample stream
+    of ``dataset`` (seeded by ``dataset.seed``).
 
     Step ``t`` covers the global positions ``[t * N * b, (t + 1) * N * b)``
     (``N`` processes, per-process batch ``b``); rank ``r`` takes the ``r``-th slice.
-    A plain device for ``speed`` means no speed options.
     """
-    if isinstance(speed, torch.device):
-        speed = Speed(speed)
-    b, n = cfg["batch_size"], ctx.world_size
+    b, n, seed = cfg["batch_size"], ctx.world_size, dataset.seed
     sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,
                             rank=ctx.rank, world_size=n, batch=b)
     # A private generator: creating the loader must not draw from the global RNG, whose
@@ -223,8 +220,8 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
 
     run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": cfg,
               "pretrained": params["pretrained"]}
-    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, seed, start,
-                                                        params["runtime"]["workers"], speed, ctx),
+    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, start, params["runtime"]["workers"],
+                                                        speed, ctx),
                   cfg, checkpoint, _run_id(run_id, ctx, prepared), live, desc=f"train scale {scale}", speed=speed, ctx=ctx)
     meta = {**meta, "scale": scale, "steps": cfg["steps"], "epochs": epochs(cfg, len(index)) * ctx.world_size}
     if ctx.is_main:
@@ -271,7 +268,7 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
         find_unused_parameters=bool(_unreached_parameters(model, pairs))))
 
     def batches(start: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        streams = [_stream(d, cfg, d.seed, start, params["runtime"]["workers"], speed, ctx) for d in datasets]
+        streams = [_stream(d, cfg, start, params["runtime"]["workers"], speed, ctx) for d in datasets]
         return (list(b) for b in zip(*streams))
 
     def loss_fn(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -302,8 +299,8 @@ def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared
     loss_fn = _batch_loss(step, weights, ctx)
 
     run_id = {"stage": "finetune_explicit", "seed": seed, "meta": model.meta, "finetune": cfg}
-    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, dataset.seed, start,
-                                                        params["runtime"]["workers"], speed, ctx),
+    summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, start, params["runtime"]["workers"],
+                                                        speed, ctx),
                   cfg, checkpoint, _run_id(run_id, ctx, prepared, model), live, desc="finetune explicit", speed=speed, ctx=ctx)
     meta = {**model.meta, "finetune_steps": cfg["steps"],
             "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size}

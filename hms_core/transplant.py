@@ -48,7 +48,8 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
 
     Returns the model and the report lines. Attention heads are freshly initialised
     from ``seed``; every branch tensor comes from a source checkpoint. ``model_cls``
-    may be a subclass with other attention heads (the explicit baseline).
+    may be a subclass with other attention heads (the explicit baseline). The
+    model's ``meta`` also records the experts' ``steps`` and ``epochs``.
     """
     sources = {float(s): (Path(p), load_checkpoint(p)) for s, p in source_paths.items()}
     check_sources(meta, sources)
@@ -75,6 +76,10 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
                                       f"HMS {dst} expects {tuple(target[dst].shape)}")
             new_state[dst] = tensor.detach().clone().to(target[dst].dtype)
     model.load_state_dict(new_state, strict=True)
+    # The experts' training budget goes with the model into the results table; read it
+    # from the shared source (every expert of a run trains with the same budget).
+    _, budget = sources.get(float(shared_source_scale), next(iter(sources.values())))
+    model.meta.update({k: budget["meta"][k] for k in ("steps", "epochs") if k in budget["meta"]})
     report = [f"transplant ({meta['mode']} mode): {len(mapping)} tensors copied, shapes checked"]
     for scale, (path, ckpt) in sorted(sources.items()):
         used = sum(1 for s, _ in mapping.values() if s == scale)
@@ -87,11 +92,11 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
 
 
 def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cls: type[HMS] = HMS
-                       ) -> tuple[HMS, dict[str, Any], list[str]]:
+                       ) -> tuple[HMS, list[str]]:
     """Transplant the experts ``{experts_dir}/scale_{s}/model.pt`` for every scale in params.
 
-    Returns the model, its checkpoint meta (architecture, mode, scales, the
-    experts' training steps and epochs) and the report lines.
+    Returns the model (its ``meta``: architecture, mode, scales, the experts'
+    training steps and epochs) and the report lines.
     """
     from hms_core.training import model_meta  # training imports this module's neighbours
 
@@ -101,6 +106,4 @@ def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cl
         if not p.is_file():
             raise FileNotFoundError(f"{p}: expert of scale {s} not found (run the train stage)")
     meta = {**model_meta(params), "mode": params["hms"]["mode"], "scales": scales}
-    model, report = transplant(meta, paths, params["hms"]["shared_source_scale"], params["seed"], model_cls)
-    source = load_checkpoint(paths[float(params["hms"]["shared_source_scale"])])["meta"]
-    return model, {**meta, "steps": source["steps"], "epochs": source["epochs"]}, report
+    return transplant(meta, paths, params["hms"]["shared_source_scale"], params["seed"], model_cls)

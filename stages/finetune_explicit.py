@@ -18,8 +18,7 @@ from hms_core.transplant import transplant_experts
 
 def main(args: argparse.Namespace, params: dict) -> None:
     with training_session(params["runtime"], args.live) as (ctx, live):
-        model, meta, report = transplant_experts(params, args.experts, ExplicitAttention)
-        model.meta = meta
+        model, report = transplant_experts(params, args.experts, ExplicitAttention)
         if ctx.is_main:
             print("\n".join(report))
         summary = finetune_explicit(params, model, args.prepared, args.out, args.checkpoint, live)

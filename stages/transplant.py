@@ -11,8 +11,8 @@ from hms_core.transplant import transplant_experts
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    model, meta, report = transplant_experts(params, args.experts)
-    save_checkpoint(args.out, {"meta": meta, "state_dict": model.state_dict()})
+    model, report = transplant_experts(params, args.experts)
+    save_checkpoint(args.out, {"meta": model.meta, "state_dict": model.state_dict()})
     print("\n".join(report + [f"  -> {args.out}"]))
 
 
