@@ -83,6 +83,16 @@ def scale_list(key: str, v: Any) -> None:
         _fail(key, "a list that contains 1.0 (HMS fuses at the scale-1.0 resolution)", v)
 
 
+def expert_scales(key: str, v: Any) -> None:
+    """:func:`scale_list`, written as decimals: DVC names each expert's stage and folder after the
+    literal value (``train@1``, ``scale_1``) while the code reads ``scale_1.0``."""
+    scale_list(key, v)
+    for s in v:
+        if isinstance(s, int):
+            _fail(key, f"scales written as decimals ({s}.0, not {s}: DVC names each expert's stage and "
+                       f"folder after the literal value)", v)
+
+
 def number_pair(key: str, v: Any) -> None:
     if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v) and v[0] <= v[1]):
         _fail(key, "a pair [low, high] of positive numbers with low <= high", v)
@@ -116,7 +126,7 @@ SCHEMA: dict[str, Any] = {
     "head": choice(*HEADS),
     "output_stride": choice(8, 16),
     "pretrained": string,
-    "scales": scale_list,
+    "scales": expert_scales,
     "model": {"head_channels": integer(1), "attention_channels": integer(1), "atrous_rates": int_list},
     "data": {
         "root": string,
@@ -167,6 +177,9 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             _fail(f"evaluate.hms_scales[{i}]", f"a subset of scales {sorted(scales)} in experts mode", chain)
     if hms["mode"] == "experts" and len(scales) < 2:
         _fail("scales", "at least two scales for HMS", params["scales"])
+    if params["evaluate"]["official_check"] and params["data"]["grouping"] == "category_with_void":
+        _fail("evaluate.official_check", "false with data.grouping category_with_void (the official evaluator "
+              "scores only category or trainid)", params["evaluate"]["official_check"])
     return params
 
 

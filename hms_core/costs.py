@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler is chatty on machines without a GPU
 
@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from hms_core.evaluation import Row, predict_rows
 from hms_core.hms import HMS
+from hms_core.speed import Speed
 
 
 def count_parameters(modules: Iterable[nn.Module]) -> int:
@@ -63,39 +65,30 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, war
     return statistics.median(times)
 
 
-def row_calls(model: HMS, image: torch.Tensor, rows: dict[str, Sequence[float] | str],
-              explicit: HMS | None = None) -> dict[str, tuple[Callable[[], Any], list[nn.Module]]]:
-    """For each table row, the inference call it makes and the modules it uses.
-
-    ``rows`` maps a row name to its scales, or to ``"avg"``/``"max"`` pooling over
-    ``model.scales``, or to ``"explicit"``.
-    """
-    calls = {}
-    for name, spec in rows.items():
-        if spec == "explicit":
-            calls[name] = (lambda: explicit(image), [explicit])
-            continue
-        scales = model.scales if spec in ("avg", "max") else [float(s) for s in spec]
-        used = [model.branch(s) for s in scales]
-        if len(scales) == 1:
-            s = scales[0]
-            calls[name] = (lambda s=s: model.scale_forward(image, s, attention=False), used)
-        elif spec in ("avg", "max"):
-            calls[name] = (lambda: [model.scale_forward(image, s, attention=False) for s in scales], used)
-        else:
-            heads = [model.attention[k] for k in {model.attention_key(s) for s in sorted(scales)[:-1]}
-                     if k is not None]
-            calls[name] = (lambda scales=scales: model(image, scales), used + heads)
-    return calls
+def row_modules(model: HMS, row: Row, explicit: HMS | None = None) -> list[nn.Module]:
+    """The modules a row's prediction runs: branches, and the attention heads of HMS rows."""
+    if row.kind == "explicit":
+        return [explicit]
+    if row.kind == "tta":
+        return [model.branch(1.0)]
+    used: list[nn.Module] = [model.branch(s) for s in row.scales]
+    if row.kind == "hms":
+        used += [model.attention[k] for k in {model.attention_key(s) for s in row.scales[:-1]} if k is not None]
+    return used
 
 
 @torch.no_grad()
-def inference_costs(model: HMS, image: torch.Tensor, rows: dict[str, Sequence[float] | str],
-                    device: torch.device, explicit: HMS | None = None, repeats: int = 3) -> dict[str, dict]:
-    """``{row: {params, ms_per_image, peak_mem_mb}}`` for one image batch of size 1."""
+def inference_costs(model: HMS, image: torch.Tensor, rows: dict[str, Row], speed: Speed,
+                    explicit: HMS | None = None, repeats: int = 3) -> dict[str, dict]:
+    """``{row: {params, ms_per_image, peak_mem_mb}}`` for one image batch, each row predicted
+    alone through :func:`hms_core.evaluation.predict_rows` under ``speed``'s autocast."""
+    image = speed.to_device(image)
     out = {}
-    for name, (fn, modules) in row_calls(model, image.to(device), rows, explicit).items():
-        out[name] = {"params": count_parameters(modules),
-                     "ms_per_image": 1000 * time_call(fn, device, repeats) / len(image),
-                     "peak_mem_mb": peak_memory(fn, device) / 2**20}
+    for name, row in rows.items():
+        def fn(one: dict[str, Row] = {name: row}) -> Any:
+            with speed.autocast():
+                return predict_rows(model, image, one, explicit)
+        out[name] = {"params": count_parameters(row_modules(model, row, explicit)),
+                     "ms_per_image": 1000 * time_call(fn, speed.device, repeats) / len(image),
+                     "peak_mem_mb": peak_memory(fn, speed.device) / 2**20}
     return out

@@ -22,6 +22,7 @@ from hms_core.fastpng import decode_rgb8
 from hms_core.io import atomic_write, write_json
 from hms_core.labelmap import unmapped_ids
 from hms_core.labels import Grouping
+from hms_core.model import resize_image
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -158,14 +159,13 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: floa
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paired training transform: resize by ``scale * U(jitter)``, random crop, random flip.
 
-    Images are resized bilinearly (antialiased when shrinking), labels by nearest
-    neighbour; the crop pads with 0 (the mean colour after normalisation) and 255.
+    Images are resized by :func:`hms_core.model.resize_image` (bilinear, antialiased
+    when shrinking: the resize of inference too), labels by nearest neighbour; the crop pads with 0 (the mean colour after normalisation) and 255.
     """
     f = scale * (jitter[0] + (jitter[1] - jitter[0]) * torch.rand((), generator=g).item())
     h, w = label.shape
     size = (max(1, round(h * f)), max(1, round(w * f)))
-    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                          antialias=f < 1)[0]
+    image = resize_image(image[None], size)[0]
     label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
     pad_h, pad_w = max(0, crop - size[0]), max(0, crop - size[1])
     if pad_h or pad_w:

@@ -2,10 +2,15 @@
 
 Per image, each scale runs once; its logits and attention feed every row:
 single scales, average and max pooling over scales (both at scale 1.0), and
-HMS chains. One confusion matrix per row, at full label resolution.
+HMS chains. The one-model multi-scale baseline (the scale-1.0 model at several
+scales, probabilities averaged: what mmsegmentation's ``--tta`` does) and the
+explicit-attention baseline run their own passes. One confusion matrix per row,
+at full label resolution, and the mean HMS attention per class.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -13,98 +18,196 @@ import torch
 from tqdm import tqdm
 
 from hms_core.hms import HMS, hierarchical_fusion
-from hms_core.metrics import confusion_matrix, scores
+from hms_core.metrics import IGNORE, confusion_counts, scores
 from hms_core.model import resize, scaled_size
+from hms_core.multiscale import ScaleOutput, multiscale_forward
+from hms_core.speed import Speed
 
 
 def scale_name(s: float) -> str:
     return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
 
 
+def chain_name(scales: Sequence[float]) -> str:
+    """``[1.0, 0.5]`` -> ``"0.5-1.0"``: the scales of a row, ascending."""
+    return "-".join(scale_name(s) for s in sorted(float(s) for s in scales))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the results table: how its prediction is made.
+
+    ``kind``: ``single`` (one scale), ``avg`` / ``max`` (pooling of the per-scale
+    logits at scale 1.0), ``tta`` (the scale-1.0 model at every scale of
+    ``scales``, softmax probabilities averaged), ``hms`` (the attention chain over
+    ``scales``) or ``explicit`` (the explicit-attention baseline). ``flip``: every
+    scale's outputs averaged with those of the mirrored image.
+    """
+
+    kind: str
+    scales: tuple[float, ...]
+    flip: bool = False
+
+
+ROW_KINDS = ("single", "avg", "max", "tta", "hms", "explicit")
+
+
 def single_rows(scales: Sequence[float]) -> dict[str, float]:
     """Row name -> scale of each single-scale row (``scale_0.5``, ...), in ascending scale order."""
-    return {f"scale_{scale_name(s)}": s for s in sorted(scales)}
+    return {f"scale_{scale_name(s)}": float(s) for s in sorted(scales)}
 
 
 def hms_rows(hms_scales: Sequence[Sequence[float]]) -> dict[str, Sequence[float]]:
     """Row name -> scale chain of each HMS row (``hms_0.5-1.0``, ...)."""
-    return {"hms_" + "-".join(scale_name(s) for s in sorted(chain)): chain for chain in hms_scales}
+    return {"hms_" + chain_name(chain): chain for chain in hms_scales}
 
 
-def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) -> list[str]:
-    return list(row_specs(scales, hms_scales))
+def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]],
+              explicit_scales: Sequence[float] | None = None, flip: bool = False) -> dict[str, Row]:
+    """Every row of the table in order: single scales, average and max pooling, the one-model
+    multi-scale baseline (TTA) at the longest HMS chain's scales, without and with flip,
+    the HMS chains, and the explicit baseline when ``explicit_scales`` is given.
 
-
-def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]], explicit: HMS | None = None
-              ) -> dict[str, Sequence[float] | str]:
-    """Row name -> its scales, ``"avg"``/``"max"`` pooling, or ``"explicit"``, in table order."""
-    specs: dict[str, Sequence[float] | str] = {name: [s] for name, s in single_rows(scales).items()}
-    specs.update({"avg": "avg", "max": "max"})
-    specs.update(hms_rows(hms_scales))
-    if explicit is not None:
-        specs[explicit_row(explicit)] = "explicit"
+    ``flip`` (``evaluate.flip``) mirrors every row; the TTA-with-flip row is then the TTA row.
+    """
+    every = tuple(sorted(float(s) for s in scales))
+    specs = {name: Row("single", (s,), flip) for name, s in single_rows(scales).items()}
+    specs.update({"avg": Row("avg", every, flip), "max": Row("max", every, flip)})
+    longest = tuple(sorted(float(s) for s in max(hms_scales, key=len)))
+    specs["tta_" + chain_name(longest)] = Row("tta", longest, flip)
+    if not flip:
+        specs["tta_flip_" + chain_name(longest)] = Row("tta", longest, True)
+    specs.update({name: Row("hms", tuple(sorted(float(s) for s in chain)), flip)
+                  for name, chain in hms_rows(hms_scales).items()})
+    if explicit_scales is not None:
+        specs["explicit_" + chain_name(explicit_scales)] = Row("explicit", tuple(explicit_scales), flip)
     return specs
 
 
-@torch.no_grad()
-def predict_rows(model: HMS, image: torch.Tensor, scales: Sequence[float],
-                 hms_scales: Sequence[Sequence[float]], flip: bool = False) -> dict[str, torch.Tensor]:
-    """Logits of every row for a batch ``image`` [B, 3, H, W], each at ``H x W``."""
-    size = tuple(image.shape[-2:])
-    outputs = {float(s): model.scale_forward(image, s) for s in
-               sorted({float(s) for s in scales} | {float(s) for c in hms_scales for s in c})}
-    if flip:  # average with the mirrored prediction, mirrored back
-        for s, (p, a) in outputs.items():
-            pf, af = model.scale_forward(image.flip(-1), s)
-            outputs[s] = ((p + pf.flip(-1)) / 2, None if a is None else (a + af.flip(-1)) / 2)
-    logits = {name: resize(outputs[float(s)][0], size) for name, s in single_rows(scales).items()}
-    at_one = torch.stack([resize(outputs[float(s)][0], scaled_size(size, 1.0)) for s in scales])
-    logits["avg"] = resize(at_one.mean(0), size)
-    logits["max"] = resize(at_one.amax(0), size)
-    for name, chain in hms_rows(hms_scales).items():
-        logits[name] = resize(hierarchical_fusion({float(s): outputs[float(s)] for s in chain}), size)
-    return logits
+def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) -> list[str]:
+    """Names of the rows of :func:`row_specs` without the explicit baseline; the last is the HMS
+    row of the last chain of ``evaluate.hms_scales``."""
+    return list(row_specs(scales, hms_scales))
 
 
-def explicit_row(model: HMS) -> str:
-    return "explicit_" + "-".join(scale_name(s) for s in model.scales)
+def _pass_key(model: HMS, row: Row) -> tuple[float | None, bool]:
+    """Which multi-scale pass a row reads: ``(source scale or None for each scale's own branch, flip)``."""
+    # In shared mode every scale already runs the one model: TTA reads the HMS pass.
+    source = 1.0 if row.kind == "tta" and model.mode != "shared" else None
+    return source, row.flip
 
 
 @torch.no_grad()
-def predict_explicit(model: HMS, image: torch.Tensor, flip: bool = False) -> torch.Tensor:
-    logits = model(image)
-    return (logits + model(image.flip(-1)).flip(-1)) / 2 if flip else logits
+def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit: HMS | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[float, ScaleOutput]]:
+    """Scores of every row for a batch ``image`` [B, 3, H, W], each [B, C, H, W]
+    (logits, or probabilities for TTA rows: both give the prediction by argmax).
 
+    Each scale runs once per multi-scale pass (:func:`multiscale_forward`); the
+    single, pooling and HMS rows share a pass. Also returns that pass's outputs,
+    ``{s: (p_s, a_s)}``, for the attention maps.
 
-def evaluate(model: HMS, loader: torch.utils.data.DataLoader, scales: Sequence[float],
-             hms_scales: Sequence[Sequence[float]], num_classes: int, device: torch.device,
-             flip: bool = False, explicit: HMS | None = None,
-             on_prediction: Callable[[str, int, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
-    """One confusion matrix per row over the whole loader; ``explicit`` adds its row.
-
-    ``on_prediction(row, image_index, class_ids)`` sees every prediction (e.g. to
-    write it for the official evaluator); the loader must not shuffle.
+    * single: ``up(p_s)``; avg / max: ``mean_s`` / ``max_s`` of ``p_s`` resized to scale 1.0;
+    * tta: ``mean_s softmax(up(p'_s))``, ``p'_s`` the scale-1.0 model run at scale ``s``;
+    * hms: :func:`hierarchical_fusion` of the chain; explicit: the explicit model.
     """
-    model.eval().to(device)
-    names = row_names(scales, hms_scales)
+    size = tuple(image.shape[-2:])
+    needed: dict[tuple[float | None, bool], set[float]] = defaultdict(set)
+    for row in rows.values():
+        if row.kind != "explicit":
+            needed[_pass_key(model, row)].update(row.scales)
+    passes = {key: multiscale_forward(model, image, sorted(sc), source_scale=key[0], flip=key[1],
+                                      attention=key[0] is None) for key, sc in needed.items()}
+    scores = {}
+    for name, row in rows.items():
+        if row.kind == "explicit":
+            scores[name] = _explicit_scores(explicit, image, row.flip)
+            continue
+        out = passes[_pass_key(model, row)]
+        if row.kind == "single":
+            scores[name] = resize(out[row.scales[0]].logits, size)
+        elif row.kind in ("avg", "max"):
+            at_one = torch.stack([resize(out[s].logits, scaled_size(size, 1.0)) for s in row.scales])
+            scores[name] = resize(at_one.mean(0) if row.kind == "avg" else at_one.amax(0), size)
+        elif row.kind == "tta":
+            scores[name] = torch.stack([resize(out[s].logits, size).softmax(1) for s in row.scales]).mean(0)
+        else:
+            scores[name] = resize(hierarchical_fusion({s: out[s] for s in row.scales}), size)
+    hms_pass = next((passes[_pass_key(model, r)] for r in rows.values() if r.kind == "hms"),
+                    passes.get((None, False), {}))
+    return scores, hms_pass
+
+
+def _explicit_scores(explicit: HMS | None, image: torch.Tensor, flip: bool) -> torch.Tensor:
+    if explicit is None:
+        raise ValueError("an explicit row needs the explicit-attention model")
+    logits = explicit(image).float()
+    return (logits + explicit(image.flip(-1)).float().flip(-1)) / 2 if flip else logits
+
+
+def attention_maps(outputs: dict[float, ScaleOutput], size: tuple[int, int]) -> dict[float, torch.Tensor]:
+    """``{s: a_s}`` resized to ``size`` for every scale of ``outputs`` that has an attention map."""
+    return {s: resize(o.attention, size) for s, o in outputs.items() if o.attention is not None}
+
+
+@dataclass
+class Evaluation:
+    """What one pass over the val split measures.
+
+    ``confusion``: one matrix per row (rows: truth, columns: prediction).
+    ``attention_sums[s][c]``: the sum of ``a_s`` over the val pixels of true class
+    ``c``, for each scale ``s`` with attention in the longest HMS chain
+    (divided by the class's pixel count in :func:`attention_means`).
+    """
+
+    confusion: dict[str, np.ndarray]
+    attention_sums: dict[float, np.ndarray]
+
+
+def evaluate(model: HMS, loader: torch.utils.data.DataLoader, rows: dict[str, Row], num_classes: int,
+             speed: Speed, explicit: HMS | None = None,
+             on_prediction: Callable[[str, int, np.ndarray], None] | None = None) -> Evaluation:
+    """One confusion matrix per row over the whole loader, accumulated on the device.
+
+    Runs under ``speed``'s autocast and memory layout (``runtime.amp``,
+    ``channels_last``; both act on CUDA only). ``on_prediction(row, image_index,
+    class_ids)`` sees every prediction (e.g. to write it for the official
+    evaluator); the loader must not shuffle.
+    """
+    speed.prepare_model(model.eval())
     if explicit is not None:
-        explicit.eval().to(device)
-        names.append(explicit_row(explicit))
-    cms = {n: np.zeros((num_classes, num_classes), dtype=np.int64) for n in names}
+        speed.prepare_model(explicit.eval())
+    device = speed.device
+    cms = {n: torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) for n in rows}
+    sums: dict[float, torch.Tensor] = {}
     seen = 0
     for image, label in tqdm(loader, desc="evaluate", unit="batch"):
-        image = image.to(device)
-        logits = predict_rows(model, image, scales, hms_scales, flip)
-        if explicit is not None:
-            logits[names[-1]] = predict_explicit(explicit, image, flip)
-        for name in names:
-            pred = logits[name].argmax(1)
-            cms[name] += confusion_matrix(pred, label, num_classes)
+        image, label = speed.to_device(image), label.to(device, non_blocking=True)
+        with speed.autocast():
+            scores, outputs = predict_rows(model, image, rows, explicit)
+        keep = label != IGNORE
+        for name, score in scores.items():
+            pred = score.argmax(1)
+            cms[name] += confusion_counts(pred, label, num_classes)
             if on_prediction is not None:
                 for i, p in enumerate(pred.cpu().numpy()):
                     on_prediction(name, seen + i, p)
+        for s, a in attention_maps(outputs, tuple(label.shape[-2:])).items():
+            per_class = torch.bincount(label[keep], weights=a[:, 0][keep].double(), minlength=num_classes)
+            sums[s] = sums.get(s, 0) + per_class
         seen += len(image)
-    return cms
+    return Evaluation({n: cm.view(num_classes, num_classes).cpu().numpy() for n, cm in cms.items()},
+                      {s: v.cpu().numpy() for s, v in sums.items()})
+
+
+def attention_means(evaluation: Evaluation, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{"a_<s>": {class: mean a_s over the val pixels of that class}}`` (NaN for absent classes):
+    how much the chain trusts scale ``s`` over the next higher one, per class."""
+    pixels = next(iter(evaluation.confusion.values())).sum(1)  # every row sees the same ground truth
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {f"a_{scale_name(s)}": {c: float(v) for c, v in zip(class_names, np.where(pixels > 0, sums / pixels,
+                                                                                          np.nan))}
+                for s, sums in sorted(evaluation.attention_sums.items())}
 
 
 def method_label(name: str) -> str:
@@ -114,6 +217,10 @@ def method_label(name: str) -> str:
         return "HMS " + name[4:].replace("-", ", ")
     if name.startswith("explicit_"):
         return "explicit attention " + name[9:].replace("-", ", ")
+    if name.startswith("tta_flip_"):
+        return "scale 1.0 model at " + name[9:].replace("-", ", ") + " + flip (TTA)"
+    if name.startswith("tta_"):
+        return "scale 1.0 model at " + name[4:].replace("-", ", ") + " (TTA)"
     return {"avg": "average pooling", "max": "max pooling"}[name]
 
 
@@ -127,17 +234,45 @@ def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str,
     return out
 
 
-def table_rows(res: dict[str, dict[str, Any]], meta: dict[str, Any],
-               costs: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
-    """Rows laid out like seed 000's Table 2: trunk, head, scale or method, epochs, mIoU, accuracy
-    (then the costs, when measured, and the IoU of each class)."""
-    rows = []
+def experts_used(row: Row, mode: str) -> int:
+    """How many separately trained experts a row's prediction runs through."""
+    if mode == "shared" or row.kind in ("single", "tta"):
+        return 1
+    return len(row.scales)
+
+
+def row_budget(row: Row, hms_meta: dict[str, Any], explicit_meta: dict[str, Any] | None = None
+               ) -> tuple[int | None, int]:
+    """``(train_images, finetune_images)``: the training crops behind a row's weights.
+
+    ``train_images = experts_used * images per expert``; ``finetune_images`` counts the
+    crops drawn by the fine-tuning whose weights the row uses: HMS rows (one crop per
+    pair per step), the explicit row (its own stage), and the other rows only when
+    ``finetune.train_all`` changed the branches they run. ``None`` when a model
+    predates these counts.
+    """
+    per_expert = hms_meta.get("images")
+    train = None if per_expert is None else experts_used(row, hms_meta["mode"]) * per_expert
+    if row.kind == "explicit":
+        return train, int((explicit_meta or {}).get("finetune_images", 0))
+    tuned = row.kind == "hms" or hms_meta.get("train_all", False)
+    return train, int(hms_meta.get("finetune_images", 0)) if tuned else 0
+
+
+def table_rows(res: dict[str, dict[str, Any]], rows: dict[str, Row], hms_meta: dict[str, Any],
+               explicit_meta: dict[str, Any] | None = None, costs: dict[str, dict[str, float]] | None = None
+               ) -> list[dict[str, Any]]:
+    """Rows laid out like seed 000's Table 2: trunk, head, scale or method, the training images
+    behind the row (:func:`row_budget`), mIoU, accuracy (then the costs, when measured, and the
+    IoU of each class)."""
+    out = []
     for name, r in res.items():
         cost = (costs or {}).get(name)
-        rows.append({
-            "trunk": meta["trunk"], "head": meta["head"], "method": method_label(name), "row": name,
-            "epochs": round(meta["epochs"], 2),
-            "finetune_epochs": 0.0 if name.startswith("scale_") else round(meta.get("finetune_epochs", 0), 2),
+        train, finetune = row_budget(rows[name], hms_meta, explicit_meta)
+        out.append({
+            "trunk": hms_meta["trunk"], "head": hms_meta["head"], "method": method_label(name), "row": name,
+            "expert epochs": round(hms_meta["epochs"], 2) if "epochs" in hms_meta else None,
+            "train images": train, "finetune images": finetune,
             "mIoU": round(100 * r["mIoU"], 2), "accuracy": round(100 * r["pixel_acc"], 2),
             "mean_class_acc": round(100 * r["mean_class_acc"], 2),
             **({} if cost is None else {"params (M)": round(cost["params"] / 1e6, 2),
@@ -145,7 +280,7 @@ def table_rows(res: dict[str, dict[str, Any]], meta: dict[str, Any],
                                         "peak MB": round(cost["peak_mem_mb"], 1)}),
             **{f"IoU {c}": round(100 * v, 2) for c, v in r["iou"].items()},
         })
-    return rows
+    return out
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], mark_best: Sequence[str] = ()) -> str:

@@ -19,7 +19,8 @@ from torch import nn
 from hms_core.data import IGNORE
 from hms_core.heads import AttentionHead
 from hms_core.hms import HMS
-from hms_core.model import resize, scaled_size
+from hms_core.model import resize
+from hms_core.multiscale import multiscale_forward
 
 EXPLICIT = "explicit"
 
@@ -35,17 +36,12 @@ class ExplicitAttention(HMS):
                          ) -> tuple[torch.Tensor, dict[float, torch.Tensor], torch.Tensor]:
         """Return ``(P, {s: p_s}, w)`` for ``image`` at scale 1.0; ``P`` and ``w`` at its size."""
         size = tuple(image.shape[-2:])
-        logits, features = {}, {}
-        for s in self.scales:
-            x = resize(image, scaled_size(size, s))
-            # A frozen branch needs no graph: only the attention head learns then.
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
-                logits[s], features[s] = self.branch(s).forward_features(x)
-        ref = tuple(features[1.0].shape[-2:])
-        weights = self.attention[EXPLICIT](torch.cat([resize(features[s], ref) for s in self.scales], 1))
+        outputs = multiscale_forward(self, image, self.scales, attention=False, features=True)
+        ref = tuple(outputs[1.0].features.shape[-2:])
+        weights = self.attention[EXPLICIT](torch.cat([resize(o.features, ref) for o in outputs.values()], 1))
         weights = resize(weights, size)
-        fused = sum(weights[:, i:i + 1] * resize(logits[s], size) for i, s in enumerate(self.scales))
-        return fused, logits, weights
+        fused = sum(weights[:, i:i + 1] * resize(o.logits, size) for i, o in enumerate(outputs.values()))
+        return fused, {s: o.logits for s, o in outputs.items()}, weights
 
     def forward(self, image: torch.Tensor, scales: Any = None) -> torch.Tensor:
         return self.explicit_forward(image)[0]

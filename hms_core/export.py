@@ -27,6 +27,7 @@ from hms_core.hms import HMS, hierarchical_fusion
 from hms_core.io import atomic_write
 from hms_core.labels import build_grouping
 from hms_core.model import resize, scaled_size
+from hms_core.multiscale import multiscale_forward
 from hms_core.predict import PredictError, check_scales, load_model
 
 META_FILE = "meta.json"
@@ -45,16 +46,10 @@ class FixedScaleHMS(nn.Module):
         self.model = model
         self.scales = sorted(float(s) for s in scales)
         self.size = (height, width)
-        self.sizes = [scaled_size(self.size, s) for s in self.scales]
-        # Attention-head key per scale; None for the top scale, whose attention the chain never reads.
-        self.attention_keys = [model.attention_key(s) if s != self.scales[-1] else None for s in self.scales]
+        self.sizes = {s: scaled_size(self.size, s) for s in self.scales}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        outputs = {}
-        for s, size, key in zip(self.scales, self.sizes, self.attention_keys):
-            logits, features = self.model.branch(s).forward_features(resize(image, size))
-            a = None if key is None else resize(self.model.attention[key](features), size)
-            outputs[s] = (logits, a)
+        outputs = multiscale_forward(self.model, image, self.scales, sizes=self.sizes)
         return resize(hierarchical_fusion(outputs), self.size)
 
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from hms_core.heads import AttentionHead
 from hms_core.io import load_checkpoint
-from hms_core.model import SegModel, build_seg_model, resize, scaled_size
+from hms_core.model import SegModel, build_seg_model, resize, resize_image, scaled_size
+from hms_core.multiscale import ScaleOutput, multiscale_forward
 
 MODES = ("experts", "shared")
 SHARED = "shared"
@@ -53,8 +54,8 @@ def fuse_higher(pred: torch.Tensor, p_s: torch.Tensor, a_s: torch.Tensor) -> tor
     return a_s * p_s + (1 - a_s) * pred
 
 
-def hierarchical_fusion(outputs: dict[float, tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
-    """N-scale inference chain over ``{scale: (p_s, a_s)}``; ``1.0`` must be present.
+def hierarchical_fusion(outputs: dict[float, Sequence[torch.Tensor | None]]) -> torch.Tensor:
+    """N-scale inference chain over ``{scale: (p_s, a_s, ...)}``; ``1.0`` must be present.
 
     Scales are visited from high to low; ``pred`` starts as the highest scale's
     logits (its attention is unused). The result is at the scale-1.0 resolution.
@@ -64,7 +65,7 @@ def hierarchical_fusion(outputs: dict[float, tuple[torch.Tensor, torch.Tensor | 
         raise ValueError(f"hms scales {scales} must contain 1.0")
     pred = outputs[scales[0]][0]
     for s in scales[1:]:
-        p_s, a_s = outputs[s]
+        p_s, a_s = outputs[s][0], outputs[s][1]
         pred = fuse_higher(pred, p_s, a_s) if s >= 1.0 else fuse_lower(pred, p_s, a_s)
     return pred
 
@@ -120,7 +121,8 @@ class HMS(nn.Module):
         ``a_s`` is ``None`` when the scale has no attention head (experts' top scale)
         or ``attention`` is False.
         """
-        return self._run(image, scale, scale, attention)
+        size = scaled_size(tuple(image.shape[-2:]), scale)
+        return tuple(self.branch_forward(image, scale, size, attention=attention))[:2]
 
     def pair_forward(self, image_hi: torch.Tensor, lo: float, hi: float
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,30 +131,31 @@ class HMS(nn.Module):
         Returns ``(joint, p_lo, p_hi, a_lo)`` with
         ``joint = up(a_lo * p_lo) + (1 - up(a_lo)) * p_hi`` at ``image_hi``'s size.
         """
-        p_hi, _ = self._run(image_hi, hi, 1.0, attention=False)
-        p_lo, a_lo = self._run(image_hi, lo, lo / hi, attention=True)
+        size_hi = tuple(image_hi.shape[-2:])
+        p_hi = self.branch_forward(image_hi, hi, size_hi, attention=False).logits
+        p_lo, a_lo, _ = self.branch_forward(image_hi, lo, scaled_size(size_hi, lo / hi), attention=True)
         if a_lo is None:
             raise ValueError(f"scale {lo} has no attention head")
         return fuse_lower(p_hi, p_lo, a_lo), p_lo, p_hi, a_lo
 
-    def _run(self, image: torch.Tensor, scale: float, factor: float, attention: bool
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Branch (and attention) of ``scale`` on ``image`` resized by ``factor``."""
-        x = resize(image, scaled_size(tuple(image.shape[-2:]), factor))
+    def branch_forward(self, image: torch.Tensor, scale: float, size: tuple[int, int], attention: bool = True,
+                       features: bool = False) -> ScaleOutput:
+        """Branch (and attention head) of ``scale`` on ``image`` resized to ``size``.
+
+        ``a_s`` is None when ``attention`` is False or the scale has no head; the
+        decoder features are kept only when ``features`` is True.
+        """
+        x = resize_image(image, size)
         # A frozen branch needs no graph: only the attention head learns then.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
-            logits, features = self.branch(scale).forward_features(x)
+            logits, feats = self.branch(scale).forward_features(x)
         key = self.attention_key(scale) if attention else None
-        if key is None:
-            return logits, None
-        return logits, resize(self.attention[key](features), tuple(x.shape[-2:]))
+        a = None if key is None else resize(self.attention[key](feats), tuple(x.shape[-2:]))
+        return ScaleOutput(logits, a, feats if features else None)
 
     def forward(self, image: torch.Tensor, scales: Sequence[float] = (0.5, 1.0)) -> torch.Tensor:
         """N-scale inference; logits at ``image``'s size."""
-        top = max(float(s) for s in scales)
-        # The chain never reads the top scale's attention: do not compute it.
-        outputs = {float(s): self.scale_forward(image, s, attention=float(s) != top) for s in scales}
-        return resize(hierarchical_fusion(outputs), tuple(image.shape[-2:]))
+        return resize(hierarchical_fusion(multiscale_forward(self, image, scales)), tuple(image.shape[-2:]))
 
     @property
     def branches_frozen(self) -> bool:

@@ -13,13 +13,19 @@ IGNORE = 255
 def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
                      num_classes: int) -> np.ndarray:
     """``cm[i, j]`` = number of pixels of true class ``i`` predicted as ``j``."""
-    pred, target = _flat_long(pred), _flat_long(target)
-    keep = target != IGNORE
-    if (target[keep] >= num_classes).any() or (target[keep] < 0).any():
-        raise ValueError(f"target holds class ids outside 0..{num_classes - 1} (and 255)")
-    index = target[keep] * num_classes + pred[keep]
-    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    counts = confusion_counts(_flat_long(pred), _flat_long(target), num_classes)
     return counts.reshape(num_classes, num_classes).numpy().astype(np.int64)
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The confusion matrix flattened, ``counts[i * C + j]``, on the tensors' own device
+    (one ``bincount``: no copy of the predictions to the host)."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = target != IGNORE
+    kept = target[keep]
+    if kept.numel() and (int(kept.max()) >= num_classes or int(kept.min()) < 0):
+        raise ValueError(f"target holds class ids outside 0..{num_classes - 1} (and 255)")
+    return torch.bincount(kept * num_classes + pred[keep], minlength=num_classes * num_classes)
 
 
 def _flat_long(x: torch.Tensor | np.ndarray) -> torch.Tensor:

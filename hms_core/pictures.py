@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from hms_core.data import MEAN, STD
-from hms_core.evaluation import method_label, predict_explicit, predict_rows
+from hms_core.evaluation import Row, attention_maps, method_label, predict_rows
 from hms_core.hms import HMS
 from hms_core.io import atomic_write
 from hms_core.labelmap import class_colors
 from hms_core.labels import Grouping
-from hms_core.model import resize
+from hms_core.speed import Speed
 
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -42,23 +42,23 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 
 @torch.no_grad()
 def prediction_panel(model: HMS, image: torch.Tensor, label: torch.Tensor, grouping: Grouping,
-                     scales: Sequence[float], hms_scales: Sequence[Sequence[float]], path: str | Path,
-                     explicit: HMS | None = None, title: str = "") -> None:
-    """One figure: image, ground truth, every row's prediction, and HMS attention heat maps."""
-    x = image[None]
-    logits = predict_rows(model, x, scales, hms_scales)
-    if explicit is not None:
-        logits["explicit"] = predict_explicit(explicit, x)
+                     rows: dict[str, Row], path: str | Path, explicit: HMS | None = None,
+                     speed: Speed | None = None, title: str = "") -> None:
+    """One figure: image, ground truth, every row's prediction, and HMS attention heat maps.
+
+    The models run on ``speed``'s device (default: the CPU) like in :func:`hms_core.evaluation.evaluate`.
+    """
+    speed = speed or Speed(torch.device("cpu"))
+    with speed.autocast():
+        scores, outputs = predict_rows(model, speed.to_device(image[None]), rows, explicit)
     colours = class_colors(grouping.mode)
     shown = np.clip((image * STD + MEAN).permute(1, 2, 0).numpy(), 0, 1)
     tiles = [("image", shown, None), ("ground truth", colourise(label.numpy().astype(np.uint8), colours), None)]
-    for name, lg in logits.items():
-        label_text = "explicit attention" if name == "explicit" else method_label(name)
-        tiles.append((label_text, colourise(lg[0].argmax(0).numpy().astype(np.uint8), colours), None))
-    for s in sorted(max(hms_scales, key=len))[:-1]:
-        _, a = model.scale_forward(x, s)
-        if a is not None:
-            tiles.append((f"attention a_{s:g}", resize(a, tuple(image.shape[-2:]))[0, 0].numpy(), "magma"))
+    for name, score in scores.items():
+        tiles.append((method_label(name), colourise(score[0].argmax(0).cpu().numpy().astype(np.uint8), colours),
+                      None))
+    for s, a in attention_maps(outputs, tuple(image.shape[-2:])).items():
+        tiles.append((f"attention a_{s:g}", a[0, 0].cpu().numpy(), "magma"))
     cols = 4
     rows = -(-len(tiles) // cols)
     aspect = image.shape[-1] / image.shape[-2]

@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from hms_core.data import normalise as normalise_chw
 from hms_core.engine import resolve_device
-from hms_core.evaluation import scale_name
+from hms_core.evaluation import attention_maps, scale_name
 from hms_core.hms import HMS, hierarchical_fusion, load_hms
 from hms_core.io import atomic_write
 from hms_core.labelmap import class_colors, class_label_ids
 from hms_core.model import resize
+from hms_core.multiscale import multiscale_forward
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 OVERLAY_ALPHA = 0.5  # weight of the class colour in the overlay
@@ -113,11 +114,9 @@ def predict_image(model: HMS, image: torch.Tensor, scales: Sequence[float]
     batched = image.dim() == 4
     x = image if batched else image[None]
     size = tuple(x.shape[-2:])
-    top = max(scales)
-    # The highest scale's attention is never used by the chain: skip computing it.
-    outputs = {float(s): model.scale_forward(x, s, attention=float(s) != top) for s in scales}
+    outputs = multiscale_forward(model, x, scales)
     logits = resize(hierarchical_fusion(outputs), size)
-    attention = {s: resize(a, size) for s, (_, a) in sorted(outputs.items()) if a is not None}
+    attention = attention_maps(outputs, size)
     if not batched:
         logits, attention = logits[0], {s: a[0] for s, a in attention.items()}
     return logits, attention

@@ -200,8 +200,10 @@ def _run_id(run_id: dict[str, Any], ctx: Context, prepared: str | Path, start: n
     return {**run_id, "world_size": ctx.world_size} if ctx.enabled else run_id
 
 
-def epochs(cfg: dict[str, Any], n_images: int) -> float:
-    return cfg["steps"] * cfg["batch_size"] / n_images
+def images_seen(steps: int, cfg: dict[str, Any], ctx: Context, streams: int = 1) -> int:
+    """Training crops drawn: ``steps * batch_size * processes * streams`` (HMS fine-tuning
+    draws one batch per scale pair per step, so it has one stream per pair)."""
+    return steps * cfg["batch_size"] * ctx.world_size * streams
 
 
 def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out: str | Path,
@@ -223,7 +225,8 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, start, params["runtime"]["workers"],
                                                         speed, ctx),
                   cfg, checkpoint, _run_id(run_id, ctx, prepared), live, desc=f"train scale {scale}", speed=speed, ctx=ctx)
-    meta = {**meta, "scale": scale, "steps": cfg["steps"], "epochs": epochs(cfg, len(index)) * ctx.world_size}
+    images = images_seen(cfg["steps"], cfg, ctx)
+    meta = {**meta, "scale": scale, "steps": cfg["steps"], "images": images, "epochs": images / len(index)}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return {**summary, "epochs": meta["epochs"]}
@@ -279,8 +282,8 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
     run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}
     summary = fit(model, loss_fn, batches, cfg, checkpoint, _run_id(run_id, ctx, prepared, model), live, desc="finetune",
                   speed=speed, ctx=ctx)
-    meta = {**model.meta, "finetune_steps": cfg["steps"],
-            "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size, "pairs": [list(p) for p in pairs]}
+    meta = {**model.meta, "finetune_steps": cfg["steps"], "train_all": cfg["train_all"],
+            "finetune_images": images_seen(cfg["steps"], cfg, ctx, len(pairs)), "pairs": [list(p) for p in pairs]}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return summary
@@ -288,10 +291,12 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
 
 def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared: str | Path,
                       out: str | Path, checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
-    """Train the explicit head on all scales together with HMS's fine-tuning budget
-    (``finetune`` params: steps, batch, crop at scale 1.0, optimiser); branches frozen
+    """Train the explicit head on all scales together with HMS's fine-tuning budget in images:
+    ``finetune`` params (batch, crop at scale 1.0, optimiser) for ``finetune.steps * P`` steps,
+    ``P`` the number of HMS pairs (HMS draws one batch per pair per step). Branches frozen
     unless ``finetune.train_all``."""
-    cfg, seed = params["finetune"], params["seed"]
+    cfg = {**params["finetune"], "steps": params["finetune"]["steps"] * len(finetune_pairs(params))}
+    seed = params["seed"]
     speed, ctx, index, weights = _finetune_setup(params, model, prepared)
     dataset = TrainSet(index, 1.0, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed + 101)
     step = speed.maybe_compile(distributed.wrap(ExplicitLoss(model, cfg["aux_weight"], weights), ctx,
@@ -302,8 +307,8 @@ def finetune_explicit(params: dict[str, Any], model: ExplicitAttention, prepared
     summary = fit(model, loss_fn, lambda start: _stream(dataset, cfg, start, params["runtime"]["workers"],
                                                         speed, ctx),
                   cfg, checkpoint, _run_id(run_id, ctx, prepared, model), live, desc="finetune explicit", speed=speed, ctx=ctx)
-    meta = {**model.meta, "finetune_steps": cfg["steps"],
-            "finetune_epochs": epochs(cfg, len(index)) * ctx.world_size}
+    meta = {**model.meta, "finetune_steps": cfg["steps"], "train_all": cfg["train_all"],
+            "finetune_images": images_seen(cfg["steps"], cfg, ctx)}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return summary

@@ -49,7 +49,7 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
     Returns the model and the report lines. Attention heads are freshly initialised
     from ``seed``; every branch tensor comes from a source checkpoint. ``model_cls``
     may be a subclass with other attention heads (the explicit baseline). The
-    model's ``meta`` also records the experts' ``steps`` and ``epochs``.
+    model's ``meta`` also records the experts' ``steps``, ``images`` and ``epochs``.
     """
     sources = {float(s): (Path(p), load_checkpoint(p)) for s, p in source_paths.items()}
     check_sources(meta, sources)
@@ -79,7 +79,7 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
     # The experts' training budget goes with the model into the results table; read it
     # from the shared source (every expert of a run trains with the same budget).
     _, budget = sources.get(float(shared_source_scale), next(iter(sources.values())))
-    model.meta.update({k: budget["meta"][k] for k in ("steps", "epochs") if k in budget["meta"]})
+    model.meta.update({k: budget["meta"][k] for k in ("steps", "images", "epochs") if k in budget["meta"]})
     report = [f"transplant ({meta['mode']} mode): {len(mapping)} tensors copied, shapes checked"]
     for scale, (path, ckpt) in sorted(sources.items()):
         used = sum(1 for s, _ in mapping.values() if s == scale)

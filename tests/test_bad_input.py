@@ -93,6 +93,7 @@ def test_prepare_names_the_bad_file_and_writes_nothing(raw, tmp_path, fault, mes
     ({"scales": []}, "'scales' must be a non-empty list of positive numbers"),
     ({"scales": [0.5, -1.0, 1.0]}, "'scales' must be a list of positive numbers"),
     ({"scales": [0.5, 2.0]}, "'scales' must be a list that contains 1.0"),
+    ({"scales": [0.5, 1, 2]}, r"'scales' must be scales written as decimals \(1.0, not 1: DVC names"),
     ({"train": {"lr": "fast"}}, "'train.lr' must be a positive number, got 'fast'"),
     ({"train": {"steps": 2.5}}, "'train.steps' must be an integer >= 1, got 2.5"),
     ({"train": {"hflip": "yes"}}, "'train.hflip' must be true or false"),

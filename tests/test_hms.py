@@ -4,7 +4,7 @@ import torch
 
 from hms_core.hms import HMS, fuse_lower, hierarchical_fusion, hms_pair_loss, scale_key
 from hms_core.io import save_checkpoint
-from hms_core.model import build_seg_model, resize
+from hms_core.model import build_seg_model, resize, resize_image
 from hms_core.transplant import TransplantError, transplant
 
 
@@ -66,7 +66,7 @@ def test_hms_at_single_scale_reproduces_expert_logits(tmp_path, tiny_meta, mode)
         expert.load_state_dict(torch.load(paths[source_scale], weights_only=True)["state_dict"])
         expert.eval()
         with torch.no_grad():
-            expected = expert(resize(image, (round(40 * s), round(56 * s))))
+            expected = expert(resize_image(image, (round(40 * s), round(56 * s))))
             got, _ = hms.scale_forward(image, s)
         assert torch.equal(got, expected)
 

@@ -1,0 +1,181 @@
+"""Every row of the results table on tiny models: single scales, pooling, TTA, HMS, explicit,
+flip; the evaluation loop, per-class attention, budgets and the pictures."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hms_core.evaluation import (Row, attention_means, evaluate, predict_rows, row_budget, row_specs,
+                                 table_rows, results)
+from hms_core.explicit import ExplicitAttention
+from hms_core.hms import HMS, fuse_higher, hierarchical_fusion
+from hms_core.labels import build_grouping
+from hms_core.metrics import confusion_matrix
+from hms_core.model import resize, resize_image
+from hms_core.multiscale import multiscale_forward
+from hms_core.pictures import confusion_figure, prediction_panel
+from hms_core.speed import Speed
+
+SCALES = [0.5, 1.0, 2.0]
+CHAINS = [[0.5, 1.0], [0.5, 1.0, 2.0]]
+CPU = Speed(torch.device("cpu"))
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    """Random BatchNorm statistics, so that every branch and head gives non-constant outputs."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+@pytest.fixture
+def hms(tiny_meta):
+    model = HMS({**tiny_meta, "mode": "experts", "scales": SCALES})
+    _randomise_bn(model)
+    return model.eval()
+
+
+@pytest.fixture
+def image():
+    return torch.randn(2, 3, 24, 40)
+
+
+def test_fuse_higher_shrinks_pred_then_mixes_with_non_constant_maps():
+    pred = torch.arange(16.0).view(1, 1, 4, 4)  # from scale 2, at twice the size of p_s
+    p_s = torch.tensor([[[[10.0, -2.0], [4.0, 0.0]]]])
+    a_s = torch.tensor([[[[0.0, 0.25], [0.5, 1.0]]]])
+    # Bilinear halving (align_corners=False) averages each 2x2 block.
+    shrunk = torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]])
+    expected = a_s * p_s + (1 - a_s) * shrunk  # [[2.5, 2.875], [7.25, 0.0]]
+    assert torch.allclose(fuse_higher(pred, p_s, a_s), expected)
+    assert torch.allclose(expected, torch.tensor([[[[2.5, 2.875], [7.25, 0.0]]]]))
+
+
+def test_chain_with_non_constant_maps_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    p = {0.5: torch.randn(1, 3, 4, 6, generator=g), 1.0: torch.randn(1, 3, 8, 12, generator=g),
+         2.0: torch.randn(1, 3, 16, 24, generator=g)}
+    a = {0.5: torch.rand(1, 1, 4, 6, generator=g), 1.0: torch.rand(1, 1, 8, 12, generator=g)}
+    pred = a[1.0] * p[1.0] + (1 - a[1.0]) * resize(p[2.0], (8, 12))
+    pred = resize(a[0.5] * p[0.5], (8, 12)) + (1 - resize(a[0.5], (8, 12))) * pred
+    got = hierarchical_fusion({0.5: (p[0.5], a[0.5]), 1.0: (p[1.0], a[1.0]), 2.0: (p[2.0], None)})
+    assert torch.allclose(got, pred, atol=1e-6)
+
+
+def test_rows_of_the_table():
+    rows = row_specs(SCALES, CHAINS, explicit_scales=SCALES)
+    assert list(rows) == ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "tta_0.5-1.0-2.0",
+                          "tta_flip_0.5-1.0-2.0", "hms_0.5-1.0", "hms_0.5-1.0-2.0", "explicit_0.5-1.0-2.0"]
+    assert rows["tta_flip_0.5-1.0-2.0"] == Row("tta", (0.5, 1.0, 2.0), True)
+    flipped = row_specs(SCALES, CHAINS, flip=True)
+    assert "tta_flip_0.5-1.0-2.0" not in flipped and all(r.flip for r in flipped.values())
+
+
+def test_predict_rows_computes_each_row_by_its_formula(hms, image, tiny_meta):
+    explicit = ExplicitAttention({**tiny_meta, "mode": "experts", "scales": SCALES}).eval()
+    rows = row_specs(SCALES, CHAINS, explicit_scales=SCALES)
+    scores, outputs = predict_rows(hms, image, rows, explicit)
+    size = (24, 40)
+    with torch.no_grad():
+        p = {s: hms.scale_forward(image, s)[0] for s in SCALES}
+        for s in SCALES:
+            assert torch.allclose(scores[f"scale_{s}"], resize(p[s], size), atol=1e-5)
+        at_one = torch.stack([resize(p[s], size) for s in SCALES])
+        assert torch.allclose(scores["avg"], at_one.mean(0), atol=1e-5)
+        assert torch.allclose(scores["max"], at_one.amax(0), atol=1e-5)
+        for chain in CHAINS:
+            name = "hms_" + "-".join(f"{s:.1f}" for s in chain)
+            assert torch.allclose(scores[name], hms(image, chain), atol=1e-5)
+        # TTA: the scale-1.0 expert at every scale, softmax probabilities averaged.
+        one = hms.branch(1.0)
+        probs = [resize(one(resize_image(image, (round(24 * s), round(40 * s)))), size).softmax(1) for s in SCALES]
+        assert torch.allclose(scores["tta_0.5-1.0-2.0"], torch.stack(probs).mean(0), atol=1e-5)
+        assert torch.allclose(scores["tta_0.5-1.0-2.0"].sum(1), torch.ones(2, *size), atol=1e-5)
+        assert torch.allclose(scores["explicit_0.5-1.0-2.0"], explicit(image), atol=1e-5)
+    # The HMS pass's attention: every scale but the highest.
+    assert sorted(s for s, o in outputs.items() if o.attention is not None) == [0.5, 1.0]
+    assert not torch.allclose(scores["tta_0.5-1.0-2.0"], scores["avg"].softmax(1), atol=1e-3)
+
+
+def test_flip_rows_average_the_mirrored_prediction(hms, image):
+    rows = {"hms": Row("hms", (0.5, 1.0, 2.0), True), "tta": Row("tta", (0.5, 1.0, 2.0), True),
+            "plain": Row("hms", (0.5, 1.0, 2.0), False)}
+    scores, _ = predict_rows(hms, image, rows)
+    mirrored, _ = predict_rows(hms, image.flip(-1), rows)
+    # A flip-averaged prediction is mirror-symmetric: f(mirror(I)) = mirror(f(I)).
+    for name in ("hms", "tta"):
+        assert torch.allclose(mirrored[name], scores[name].flip(-1), atol=1e-5)
+    assert not torch.allclose(mirrored["plain"], scores["plain"].flip(-1), atol=1e-3)
+    # Per scale: (f(I) + mirror(f(mirror(I)))) / 2.
+    with torch.no_grad():
+        plain = multiscale_forward(hms, image, [1.0])[1.0].logits
+        back = multiscale_forward(hms, image.flip(-1), [1.0])[1.0].logits.flip(-1)
+        assert torch.allclose(multiscale_forward(hms, image, [1.0], flip=True)[1.0].logits, (plain + back) / 2,
+                              atol=1e-6)
+
+
+class _Loader(list):
+    """A list of (image, label) batches is all :func:`evaluate` reads."""
+
+
+def test_evaluate_accumulates_every_row_and_the_attention_per_class(hms, image):
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 5, (2, 24, 40), generator=g)
+    labels[:, :3] = 255  # ignored pixels
+    loader = _Loader([(image[:1], labels[:1]), (image[1:], labels[1:])])
+    rows = row_specs(SCALES, CHAINS)
+    seen = []
+    result = evaluate(hms, loader, rows, 5, CPU, on_prediction=lambda row, i, pred: seen.append((row, i)))
+    scores, outputs = predict_rows(hms, image, rows)
+    for name in rows:
+        assert np.array_equal(result.confusion[name], confusion_matrix(scores[name].argmax(1), labels, 5))
+        assert result.confusion[name].sum() == int((labels != 255).sum())
+    assert sorted(seen) == sorted((row, i) for row in rows for i in range(2))
+    means = attention_means(result, [f"c{i}" for i in range(5)])
+    assert set(means) == {"a_0.5", "a_1.0"}
+    a = resize(outputs[0.5].attention, (24, 40))[:, 0]
+    for c in range(5):
+        assert means["a_0.5"][f"c{c}"] == pytest.approx(float(a[labels == c].mean()), rel=1e-5)
+
+
+def test_evaluate_under_bfloat16_autocast_agrees_with_float32(hms, image):
+    labels = torch.randint(0, 5, (2, 24, 40), generator=torch.Generator().manual_seed(3))
+    rows = row_specs(SCALES, CHAINS)
+    fp32 = evaluate(hms, _Loader([(image, labels)]), rows, 5, CPU)
+    bf16 = evaluate(hms, _Loader([(image, labels)]), rows, 5, Speed(torch.device("cpu"), amp="bf16"))
+    for name in rows:  # bfloat16 moves a few near-ties of the argmax, not the prediction
+        assert fp32.confusion[name].sum() == bf16.confusion[name].sum()
+        assert np.abs(fp32.confusion[name] - bf16.confusion[name]).sum() <= 0.1 * fp32.confusion[name].sum()
+
+
+def test_budgets_count_images_honestly():
+    meta = {"mode": "experts", "images": 100, "finetune_images": 40, "train_all": False,
+            "trunk": "t", "head": "h", "epochs": 2.0}
+    rows = row_specs(SCALES, CHAINS, explicit_scales=SCALES)
+    budget = {name: row_budget(row, meta, {"finetune_images": 40}) for name, row in rows.items()}
+    assert budget["scale_0.5"] == (100, 0) and budget["tta_0.5-1.0-2.0"] == (100, 0)
+    assert budget["avg"] == (300, 0) and budget["hms_0.5-1.0"] == (200, 40)
+    assert budget["hms_0.5-1.0-2.0"] == (300, 40) and budget["explicit_0.5-1.0-2.0"] == (300, 40)
+    assert row_budget(rows["avg"], {**meta, "train_all": True})[1] == 40
+    assert row_budget(rows["avg"], {**meta, "mode": "shared"})[0] == 100
+    res = results({name: np.eye(7, dtype=np.int64) for name in rows}, build_grouping("category").class_names)
+    table = table_rows(res, rows, meta, {"finetune_images": 40})
+    assert [(r["train images"], r["finetune images"]) for r in table] == list(budget.values())
+
+
+def test_pictures_are_written_whole(tiny_meta, tmp_path):
+    grouping = build_grouping("category")
+    model = HMS({**tiny_meta, "num_classes": 7, "mode": "experts", "scales": SCALES}).eval()
+    image, label = torch.randn(3, 24, 40), torch.randint(0, 7, (24, 40))
+    rows = row_specs(SCALES, CHAINS)
+    prediction_panel(model, image, label, grouping, rows, tmp_path / "panel.png", title="val 0")
+    confusion_figure(np.arange(49).reshape(7, 7), grouping.class_names, "cm", tmp_path / "cm.png")
+    for name in ("panel.png", "cm.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+            pixels = np.asarray(im.convert("RGB"))
+        assert pixels.std() > 10  # not a blank figure
+    assert not list(tmp_path.glob("*.tmp"))
