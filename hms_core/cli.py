@@ -39,7 +39,7 @@ def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
         sys.exit(2)
 
 
-OUTPUT_ARGUMENTS = ("out", "checkpoint", "live")
+OUTPUT_ARGUMENTS = ("out", "checkpoint", "live", "predictions")
 
 
 def check_output_paths(args: argparse.Namespace) -> None:

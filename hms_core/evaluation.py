@@ -224,6 +224,17 @@ def method_label(name: str) -> str:
     return {"avg": "average pooling", "max": "max pooling"}[name]
 
 
+def confusion_report(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, Any]:
+    """Per row the confusion matrix (pixels; rows: truth, columns: prediction) and the same
+    normalised by row, in %: ``percent[i][j]`` = share of class ``i``'s pixels predicted as ``j``."""
+    out: dict[str, Any] = {"classes": list(class_names), "rows": {}}
+    for name, cm in cms.items():
+        total = cm.sum(1, keepdims=True)
+        percent = np.divide(100 * cm, total, out=np.zeros(cm.shape, dtype=float), where=total > 0)
+        out["rows"][name] = {"pixels": cm.tolist(), "percent": np.round(percent, 2).tolist()}
+    return out
+
+
 def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Metrics per row: mIoU, pixel accuracy, mean class accuracy, IoU per class."""
     out = {}

@@ -1,9 +1,10 @@
-"""Stage evaluate: every single-scale model, avg/max pooling, HMS and the explicit-attention
-baseline on the val split at full label resolution; tables, costs, pictures."""
+"""Stage evaluate: every single-scale model, avg/max pooling, the scale-1.0 model at several scales
+(TTA), HMS and the explicit-attention baseline on the val split at full label resolution; tables,
+confusion matrices, per-class attention, costs, pictures, and the predictions the official_check
+stage scores."""
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -15,60 +16,63 @@ from hms_core.cli import run_stage, stage_parser
 from hms_core.costs import inference_costs
 from hms_core.data import EvalSet, read_index
 from hms_core.engine import resolve_device, seed_everything
-from hms_core.evaluation import evaluate, markdown_table, results, row_names, row_specs, table_rows
+from hms_core.evaluation import (attention_means, chain_name, confusion_report, evaluate, markdown_table, results,
+                                 row_names, row_specs, table_rows)
 from hms_core.explicit import ExplicitAttention
 from hms_core.hms import load_hms
 from hms_core.io import write_json, write_text
 from hms_core.labels import build_grouping
-from hms_core.official import OfficialCheck
+from hms_core.official import PredictionWriter
 from hms_core.pictures import confusion_figure, prediction_panel
+from hms_core.speed import Speed, configure_backends
 
-TABLE_COLUMNS = ["trunk", "head", "method", "epochs", "finetune_epochs", "mIoU", "accuracy", "mean_class_acc"]
+TABLE_COLUMNS = ["trunk", "head", "method", "expert epochs", "train images", "finetune images", "mIoU", "accuracy",
+                 "mean_class_acc"]
 COST_COLUMNS = ["params (M)", "ms/image", "peak MB"]
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    seed_everything(params["seed"], params["runtime"]["deterministic"])
+    runtime = params["runtime"]
+    seed_everything(params["seed"], runtime["deterministic"])
     cfg, scales, chains = params["evaluate"], params["scales"], params["evaluate"]["hms_scales"]
-    device = resolve_device(params["runtime"]["device"])
-    model = load_hms(args.model).eval()
-    explicit = load_hms(args.explicit, ExplicitAttention).eval() if args.explicit else None
+    device = resolve_device(runtime["device"])
+    configure_backends(device, runtime["deterministic"])
+    speed = Speed.from_runtime(runtime, device)
+    model = load_hms(args.model)
+    explicit = load_hms(args.explicit, ExplicitAttention) if args.explicit else None
     grouping = build_grouping(model.meta["grouping"])
+    rows = row_specs(scales, chains, explicit.scales if explicit else None, cfg["flip"])
     dataset = EvalSet(read_index(args.prepared, "val"))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"],
-                                         num_workers=params["runtime"]["workers"])
-    with tempfile.TemporaryDirectory() as tmp:
-        check = None
-        if cfg["official_check"]:
-            check = OfficialCheck(row_names(scales, chains)[-1], [e["image"] for e in dataset.index], grouping, tmp)
-        cms = evaluate(model, loader, scales, chains, grouping.num_classes, device, cfg["flip"], explicit,
-                       check.collect if check else None)
-        res = results(cms, grouping.class_names)
-        official = check.finish(res[check.row]) if check else None
-    costs = inference_costs(model, dataset[0][0][None], row_specs(scales, chains, explicit), device,
-                            explicit) if cfg["costs"] else None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"], num_workers=runtime["workers"],
+                                         pin_memory=device.type == "cuda")
+    # The checked row's predictions, for the official_check stage (only index.json when disabled).
+    with PredictionWriter(args.predictions, row_names(scales, chains)[-1], [e["image"] for e in dataset.index],
+                          grouping.mode, enabled=cfg["official_check"]) as writer:
+        evaluation = evaluate(model, loader, rows, grouping.num_classes, speed, explicit,
+                              writer.collect if writer.enabled else None)
+    res = results(evaluation.confusion, grouping.class_names)
+    costs = inference_costs(model, dataset[0][0][None], rows, speed, explicit) if cfg["costs"] else None
 
     out = Path(args.out)
-    rows = table_rows(res, model.meta, costs)
+    table_data = table_rows(res, rows, model.meta, explicit.meta if explicit else None, costs)
     iou_columns = [f"IoU {c}" for c in grouping.class_names]
-    table = markdown_table(rows, TABLE_COLUMNS + (COST_COLUMNS if costs else [])) + \
+    table = markdown_table(table_data, TABLE_COLUMNS + (COST_COLUMNS if costs else [])) + \
         "\nIoU per class (%), the best row of each class in bold\n\n" + \
-        markdown_table(rows, ["method"] + iou_columns, mark_best=iou_columns)
+        markdown_table(table_data, ["method"] + iou_columns, mark_best=iou_columns)
     write_json(out / "eval.json", res)
+    write_json(out / "confusion.json", confusion_report(evaluation.confusion, grouping.class_names))
+    write_json(out / "attention.json", {"chain": chain_name(max(chains, key=len)),
+                                        **attention_means(evaluation, grouping.class_names)})
     write_text(out / "table.md", table)
-    write_text(out / "table.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_text(out / "table.csv", pd.DataFrame(table_data).to_csv(index=False))
     write_json(out / "costs.json", costs or {})  # declared outputs: written even when disabled
-    write_json(out / "official.json", official or {"enabled": False})
-    if official is not None:
-        print(f"evaluate: official Cityscapes evaluator on {official['row']}: mIoU {official['official']['mIoU']:.6f}, "
-              f"largest difference to ours {official['max_abs_diff']:.1e}")
     pictures = out / "pictures"
     shutil.rmtree(pictures, ignore_errors=True)
     for i in range(min(cfg["pictures"], len(dataset))):
         image, label = dataset[i]
-        prediction_panel(model, image, label, grouping, scales, chains, pictures / f"val_{i}.png", explicit,
+        prediction_panel(model, image, label, grouping, rows, pictures / f"val_{i}.png", explicit, speed,
                          title=Path(dataset.index[i]["image"]).name)
-    for name, cm in cms.items():
+    for name, cm in evaluation.confusion.items():
         confusion_figure(cm, grouping.class_names, f"{name}: confusion (rows sum to 1)",
                          pictures / f"confusion_{name}.png")
     print(table)
@@ -80,4 +84,5 @@ if __name__ == "__main__":
     parser.add_argument("--explicit", default=None, help="explicit-attention baseline model (optional)")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="metrics")
+    parser.add_argument("--predictions", default="data/predictions", help="the official check's predictions")
     run_stage("evaluate", main, parser)

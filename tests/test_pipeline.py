@@ -1,4 +1,6 @@
 """End to end: `dvc repro` on a tiny configuration in a temporary copy of the repository."""
+import csv
+import io
 import json
 import os
 import shutil
@@ -11,8 +13,9 @@ import yaml
 from conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "hms_0.5-1.0", "hms_0.5-1.0-2.0",
-        "explicit_0.5-1.0-2.0"]
+ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "tta_0.5-1.0-2.0", "tta_flip_0.5-1.0-2.0",
+        "hms_0.5-1.0", "hms_0.5-1.0-2.0", "explicit_0.5-1.0-2.0"]
+CLASSES = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -47,6 +50,27 @@ def test_repro_writes_every_row(repo):
     assert "HMS 0.5, 1.0, 2.0" in table and "average pooling" in table
     assert (repo / "metrics" / "table.csv").read_text().count("\n") == len(ROWS) + 1
     assert (repo / "metrics" / "train" / "scale_2.0" / "plots" / "metrics" / "loss.tsv").is_file()
+
+
+def test_repro_records_confusion_attention_budgets_and_the_official_check(repo):
+    metrics = repo / "metrics"
+    confusion = json.loads((metrics / "confusion.json").read_text())
+    assert confusion["classes"] == CLASSES and list(confusion["rows"]) == ROWS
+    pixels = [sum(r) for r in confusion["rows"]["scale_1.0"]["pixels"]]
+    for row in confusion["rows"].values():  # every row is scored on the same ground truth
+        assert [sum(r) for r in row["pixels"]] == pixels
+    attention = json.loads((metrics / "attention.json").read_text())
+    assert attention["chain"] == "0.5-1.0-2.0" and set(attention) == {"chain", "a_0.5", "a_1.0"}
+    assert all(0 < v < 1 for c, v in attention["a_1.0"].items() if v == v)
+    official = json.loads((metrics / "official.json").read_text())
+    assert official["row"] == "hms_0.5-1.0-2.0" and official["agreement"] is True
+    assert official["max_abs_diff"] <= official["tolerance"]
+    # Budgets: 3 steps x batch 2 per expert; HMS draws one batch per pair (2 pairs x 2 steps x 2),
+    # the explicit baseline gets as many images.
+    table = {r["row"]: r for r in csv.DictReader(io.StringIO((metrics / "table.csv").read_text()))}
+    assert (table["scale_1.0"]["train images"], table["scale_1.0"]["finetune images"]) == ("6", "0")
+    assert (table["hms_0.5-1.0-2.0"]["train images"], table["hms_0.5-1.0-2.0"]["finetune images"]) == ("18", "8")
+    assert table["explicit_0.5-1.0-2.0"]["finetune images"] == "8"
 
 
 def test_second_repro_does_nothing(repo):
