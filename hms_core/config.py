@@ -133,6 +133,7 @@ SCHEMA: dict[str, Any] = {
         "grouping": choice(*GROUPINGS),
         "label_map": string,
         "synthetic": {"train": integer(1), "val": integer(1), "height": integer(32), "width": integer(32)},
+        "convert": {"root": string, "splits": list_of(string), "label_map": string},
     },
     "runtime": {"device": string, "workers": integer(0), "deterministic": boolean,
                 "amp": choice("bf16", "fp16", "none"), "channels_last": boolean, "compile": boolean,
@@ -177,6 +178,9 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             _fail(f"evaluate.hms_scales[{i}]", f"a subset of scales {sorted(scales)} in experts mode", chain)
     if hms["mode"] == "experts" and len(scales) < 2:
         _fail("scales", "at least two scales for HMS", params["scales"])
+    convert = params["data"]["convert"]
+    if convert["root"] != "none" and convert["label_map"] == "none":
+        _fail("data.convert.label_map", "a label-map file when data.convert.root is set", convert["label_map"])
     if params["evaluate"]["official_check"] and params["data"]["grouping"] == "category_with_void":
         _fail("evaluate.official_check", "false with data.grouping category_with_void (the official evaluator "
               "scores only category or trainid)", params["evaluate"]["official_check"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -167,6 +168,25 @@ def convert(images: str | Path, masks: str | Path, classes: str | Path, out: str
         extra = sorted(v for v in present if v >= len(names))
         write_text(label_map, label_map_skeleton(names, extra))
     return len(pairs), label_map, written
+
+
+def convert_dataset(root: str | Path, out: str | Path, splits: Sequence[str], label_map: str | Path
+                    ) -> dict[str, int]:
+    """Convert ``root/images/{split}``, ``root/masks/{split}`` and ``root/classes.txt`` for every split
+    into ``out`` (Cityscapes layout), with ``label_map`` copied to ``out/label_map.yaml``.
+
+    The label map is the dataset's (``data.convert.label_map``): a skeleton would hold
+    ``null`` entries that ``prepare`` refuses. Returns the number of images per split.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.convert.root: no dataset folder at {root}")
+    if not Path(label_map).is_file():
+        raise FileNotFoundError(f"data.convert.label_map: no label-map file at {label_map}")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(label_map, out / "label_map.yaml")
+    return {split: convert(root / "images" / split, root / "masks" / split, root / "classes.txt", out, split)[0]
+            for split in splits}
 
 
 def parser() -> argparse.ArgumentParser:
