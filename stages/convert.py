@@ -5,7 +5,6 @@ converted into the Cityscapes layout under ``data/raw/converted``, with its labe
 reads ``data.root`` as it is (the synthetic dataset, or Cityscapes).
 """
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,23 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hms_core.cli import run_stage, stage_parser
 from hms_core.convert import convert_dataset
+from hms_core.io import atomic_dir
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
     cfg = params["data"]["convert"]
-    out, tmp = Path(args.out), Path(args.out + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_dir(args.out) as tmp:  # the dataset appears whole or not at all
         counts = {} if cfg["root"] == "none" else convert_dataset(cfg["root"], tmp, cfg["splits"], cfg["label_map"])
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)  # the dataset appears whole or not at all
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not counts:
-        print(f"convert: data.convert.root is none: {out} left empty")
+        print(f"convert: data.convert.root is none: {args.out} left empty")
     for split, n in counts.items():
-        print(f"convert: {split}: {n} images from {cfg['root']} -> {out}")
+        print(f"convert: {split}: {n} images from {cfg['root']} -> {args.out}")
 
 
 if __name__ == "__main__":

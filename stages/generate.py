@@ -1,25 +1,22 @@
 """Stage generate: the embedded synthetic street-scene dataset in the Cityscapes layout."""
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hms_core.cli import run_stage, stage_parser
+from hms_core.io import atomic_dir
 from hms_core.synthetic import generate_dataset
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
     cfg = params["data"]["synthetic"]
-    out, tmp = Path(args.out), Path(args.out + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    summary = generate_dataset(tmp, {"train": cfg["train"], "val": cfg["val"]}, cfg["height"], cfg["width"],
-                               params["seed"])
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # the dataset appears whole or not at all
+    with atomic_dir(args.out) as tmp:  # the dataset appears whole or not at all
+        summary = generate_dataset(tmp, {"train": cfg["train"], "val": cfg["val"]}, cfg["height"], cfg["width"],
+                                   params["seed"])
     for split, s in summary.items():
-        print(f"generate: {split}: {s['images']} images of {cfg['height']}x{cfg['width']} in {out}")
+        print(f"generate: {split}: {s['images']} images of {cfg['height']}x{cfg['width']} in {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,6 @@
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +46,32 @@ def tiny_params(**sections) -> dict:
     import yaml
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     return merge(merge(params, copy.deepcopy(TINY_PARAMS)), sections)
+
+
+def run_command(cmd: list[str], cwd: Path) -> str:
+    """Run ``cmd`` with this environment's executables first on PATH; fail the test on a non-zero exit."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def copy_pipeline(dst: Path) -> None:
+    """The library, the stage scripts and dvc.yaml, as a user's clone has them."""
+    for name in ("hms_core", "stages"):
+        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", dst)
+
+
+def init_and_repro(dst: Path, params: dict) -> None:
+    """Write ``params``, make ``dst`` a git + DVC repository, commit everything and run ``dvc repro``."""
+    import yaml
+
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run_command(["git", "init", "-q"], dst)
+    run_command(git + ["commit", "-q", "--allow-empty", "-m", "init"], dst)
+    run_command(["dvc", "init", "-q"], dst)
+    run_command(["git", "add", "-A"], dst)
+    run_command(git + ["commit", "-q", "-m", "pipeline"], dst)
+    run_command(["dvc", "repro"], dst)

@@ -1,5 +1,4 @@
 """Bad input gives one clear error naming the file or key, and leaves no output behind."""
-import shutil
 import subprocess
 import sys
 

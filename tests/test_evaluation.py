@@ -3,7 +3,6 @@ flip; the evaluation loop, per-class attention, budgets and the pictures."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from hms_core.evaluation import (Row, attention_means, evaluate, predict_rows, row_budget, row_specs,

@@ -2,41 +2,23 @@
 import csv
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import copy_pipeline, init_and_repro, run_command, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "tta_0.5-1.0-2.0", "tta_flip_0.5-1.0-2.0",
         "hms_0.5-1.0", "hms_0.5-1.0-2.0", "explicit_0.5-1.0-2.0"]
 CLASSES = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("repo")
-    for name in ("hms_core", "stages"):
-        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", dst)
-    params = tiny_params()
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dst)
-    _run(["dvc", "init", "-q"], dst)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny"], dst)
-    _run(["dvc", "repro"], dst)
+    copy_pipeline(dst)
+    init_and_repro(dst, tiny_params())
     return dst
 
 
@@ -74,21 +56,21 @@ def test_repro_records_confusion_attention_budgets_and_the_official_check(repo):
 
 
 def test_second_repro_does_nothing(repo):
-    out = _run(["dvc", "repro"], repo)
+    out = run_command(["dvc", "repro"], repo)
     assert "Running stage" not in out
     assert "up to date" in out
 
 
 def test_metrics_show_lists_rows(repo):
-    out = _run(["dvc", "metrics", "show"], repo)
+    out = run_command(["dvc", "metrics", "show"], repo)
     for row in ROWS:
         assert row in out
 
 
 def test_exp_run_with_another_trunk(repo):
-    out = _run(["dvc", "exp", "run", "-S", "trunk=resnet50"], repo)
+    out = run_command(["dvc", "exp", "run", "-S", "trunk=resnet50"], repo)
     assert "Running stage 'train@1.0'" in out
-    shown = _run(["dvc", "exp", "show", "--csv"], repo)
+    shown = run_command(["dvc", "exp", "show", "--csv"], repo)
     assert "resnet50" in shown and "mobilenet_v3_large" in shown
 
 
@@ -118,7 +100,7 @@ def test_predict_on_val_images(repo, tmp_path):
     images = sorted((repo / "data" / "raw" / "synthetic" / "leftImg8bit" / "val").rglob("*.png"))[:2]
     assert len(images) == 2
     out = tmp_path / "pred"
-    _run([sys.executable, "-m", "hms_core.predict", *map(str, images), "--model", "models/hms/model.pt",
+    run_command([sys.executable, "-m", "hms_core.predict", *map(str, images), "--model", "models/hms/model.pt",
           "--scales", "0.5", "1.0", "2.0", "--out", str(out), "--device", "cpu"], repo)
     for image in images:
         with Image.open(image) as im:

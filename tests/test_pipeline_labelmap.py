@@ -1,9 +1,7 @@
 """End to end on an own dataset: images/ + masks/ + classes.txt -> `python -m hms_core.convert` -> label
 map -> `dvc repro` with the official cross-check, which must score the ground truth through the map."""
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from conftest import tiny_params
+from conftest import copy_pipeline, init_and_repro, run_command, tiny_params
 
 from hms_core.synthetic import generate_dataset
 
@@ -22,13 +20,6 @@ ROW = "hms_0.5-1.0-2.0"
 CLASSES = ["Sky", "Building", "Road", "Car", "Tree", "Unlabelled"]
 DRAWN_FROM = {"Sky": 23, "Building": 11, "Road": 7, "Car": 26, "Tree": 21}
 DATA = "mydata"
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 def own_dataset(dst: Path) -> Path:
@@ -56,7 +47,7 @@ def own_dataset(dst: Path) -> Path:
 def convert(src: Path, repo: Path) -> None:
     """Convert both splits into ``repo/mydata`` and complete the label-map skeleton."""
     for split in ("train", "val"):
-        _run([sys.executable, "-m", "hms_core.convert", "--images", str(src / "images" / split), "--masks",
+        run_command([sys.executable, "-m", "hms_core.convert", "--images", str(src / "images" / split), "--masks",
               str(src / "masks" / split), "--classes", str(src / "classes.txt"), "--out", DATA, "--split", split],
              repo)
     label_map = repo / DATA / "label_map.yaml"
@@ -68,19 +59,11 @@ def convert(src: Path, repo: Path) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("repo_labelmap")
-    for name in ("hms_core", "stages"):
-        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", dst)
+    copy_pipeline(dst)
     convert(own_dataset(tmp_path_factory.mktemp("own")), dst)
     params = tiny_params(data={"root": DATA, "label_map": f"{DATA}/label_map.yaml"})
     assert params["evaluate"]["official_check"] is True and params["data"]["grouping"] == "category"
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], dst)
-    _run(["dvc", "init", "-q"], dst)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny own dataset"], dst)
-    _run(["dvc", "repro"], dst)
+    init_and_repro(dst, params)
     return dst
 
 
@@ -116,7 +99,7 @@ def test_disabled_check_reruns_only_the_last_stages(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["official_check"] = False
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(["dvc", "repro"], repo)
+    out = run_command(["dvc", "repro"], repo)
     assert "Running stage 'evaluate'" in out and "Running stage 'official_check'" in out
     assert "Running stage 'train" not in out
     assert json.loads((repo / "metrics" / "official.json").read_text()) == {"enabled": False}
