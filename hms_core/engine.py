@@ -127,6 +127,18 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def _checked_loss(losses: list[torch.Tensor], done: int, desc: str, checkpoint: Path) -> float:
+    """The last of the losses of steps ``done - len(losses) .. done - 1``, read in one host sync;
+    :class:`NonFiniteLoss` naming the first step whose loss is NaN or infinite."""
+    values = torch.stack([l.float() for l in losses]).cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        raise NonFiniteLoss(f"{desc}: loss is {values[first].item()} at step {done - len(losses) + first}; "
+                            f"the last good checkpoint ({checkpoint}) is kept")
+    return float(values[-1])
+
+
 def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
         batches: Callable[[int], Iterator[Any]], cfg: dict[str, Any], checkpoint: str | Path,
         run_id: dict[str, Any], live: Any | None = None, desc: str = "train",
@@ -179,29 +191,33 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
 
     model.train()
     last_loss, step = float("nan"), start
+    unchecked: list[torch.Tensor] = []  # losses still on the device, checked at the next log or save
     with stop_requests() as stop, tqdm(total=steps, initial=start, desc=desc, unit="step",
                                        dynamic_ncols=True, disable=not ctx.is_main) as bar:
         for step, batch in zip(range(start, steps), batches(start)):
             with speed.autocast():
                 loss = loss_fn(batch)
             # All ranks agree on the loss they check and on a stop request (one all-reduce).
-            shown, stopping = distributed.reduce_step(loss, bool(stop), ctx) if ctx.enabled else (loss, False)
-            if not torch.isfinite(shown):
-                raise NonFiniteLoss(f"{desc}: loss is {shown.item()} at step {step}; the last good "
-                                    f"checkpoint ({checkpoint}) is kept")
+            shown, stopping = distributed.reduce_step(loss, bool(stop), ctx) if ctx.enabled \
+                else (loss, bool(stop))
+            unchecked.append(shown.detach())
             optimizer_step(loss, optimizer, scaler)
             scheduler.step()
-            last_loss = shown.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}")
             done = step + 1
-            if live is not None and (done % cfg["log_every"] == 0 or done == steps):
+            logging = done % cfg["log_every"] == 0 or done == steps
+            saving = done % cfg["checkpoint_every"] == 0 or done == steps or stopping
+            if logging or saving:
+                # The only host sync of a step: every log_every steps and before every save, so
+                # a checkpoint is never written after a non-finite loss.
+                last_loss = _checked_loss(unchecked, done, desc, checkpoint)
+                unchecked = []
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+            if live is not None and logging:
                 live.step = done
                 live.log_metric("loss", last_loss)
                 live.log_metric("lr", scheduler.get_last_lr()[0])
-            if not ctx.enabled:
-                stopping = bool(stop)
-            if done % cfg["checkpoint_every"] == 0 or done == steps or stopping:
+            if saving:
                 save(done)
             if stopping:
                 distributed.barrier()  # rank 0's checkpoint is complete before any rank exits

@@ -49,9 +49,6 @@ class Row:
     flip: bool = False
 
 
-ROW_KINDS = ("single", "avg", "max", "tta", "hms", "explicit")
-
-
 def single_rows(scales: Sequence[float]) -> dict[str, float]:
     """Row name -> scale of each single-scale row (``scale_0.5``, ...), in ascending scale order."""
     return {f"scale_{scale_name(s)}": float(s) for s in sorted(scales)}

@@ -72,6 +72,7 @@ def init_and_repro(dst: Path, params: dict) -> None:
     run_command(["git", "init", "-q"], dst)
     run_command(git + ["commit", "-q", "--allow-empty", "-m", "init"], dst)
     run_command(["dvc", "init", "-q"], dst)
+    shutil.copy(ROOT / ".dvc" / "config", dst / ".dvc" / "config")  # the default remote, as a clone has it
     run_command(["git", "add", "-A"], dst)
     run_command(git + ["commit", "-q", "-m", "pipeline"], dst)
     run_command(["dvc", "repro"], dst)

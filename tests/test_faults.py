@@ -105,6 +105,27 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_names_step(tmp_path):
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_loss_is_read_on_the_host_only_at_log_and_save_steps(tmp_path, monkeypatch):
+    """One host sync per ``log_every`` steps (and per checkpoint), not one per step; a NaN between
+    two reads is still named by its step and no checkpoint is written after it."""
+    model = torch.nn.Linear(2, 1)
+    cfg = {"steps": 12, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+           "poly_power": 1.0, "checkpoint_every": 6, "log_every": 4}
+    reads = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: reads.append(1) or real_cpu(self, *a, **k))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("a per-step .item()"))
+    batches = lambda start: (torch.ones(4, 2) for _ in range(start, 12))
+    fit(model, lambda x: model(x).mean(), batches, cfg, tmp_path / "ok.pt", {"id": 1})
+    assert len(reads) == 4  # after steps 4, 6, 8 and 12 (logging and saving at 12 share one read)
+    monkeypatch.undo()
+    nan_at = 9
+    batches = lambda start: (torch.ones(4, 2) * (float("nan") if i == nan_at else 1.0) for i in range(start, 12))
+    with pytest.raises(NonFiniteLoss, match=f"loss is nan at step {nan_at}"):
+        fit(torch.nn.Linear(2, 1), lambda x: model(x).mean(), batches, cfg, tmp_path / "nan.pt", {"id": 2})
+    assert load_checkpoint(tmp_path / "nan.pt")["step"] == 6
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/hms_pwned",))

@@ -61,6 +61,24 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in out
 
 
+def test_push_then_pull_in_a_fresh_clone_restores_models_and_metrics(repo):
+    """The default remote (a local folder beside the repository) carries every output: a fresh
+    clone pulls models, data and checkpoints, and `dvc repro` then has nothing to do."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run_command(git + ["add", "-A"], repo)
+    run_command(git + ["commit", "-q", "-m", "results"], repo)
+    run_command(["dvc", "push"], repo)
+    clone = repo.parent / (repo.name + "_clone")
+    run_command(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / "models" / "hms" / "model.pt").exists()
+    run_command(["dvc", "pull"], clone)
+    for path in ("models/hms/model.pt", "models/explicit/model.pt", "models/experts/scale_2.0/model.pt",
+                 "checkpoints/finetune.pt", "metrics/eval.json"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    out = run_command(["dvc", "repro"], clone)
+    assert "Running stage" not in out
+
+
 def test_metrics_show_lists_rows(repo):
     out = run_command(["dvc", "metrics", "show"], repo)
     for row in ROWS:
