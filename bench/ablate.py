@@ -42,11 +42,7 @@ def variant_params(params: dict, changes: list[str]) -> dict:
         key, sep, value = change.partition("=")
         if not sep:
             raise SystemExit(f"ablate: error: {change!r}: expected KEY=VALUE")
-        node = preset
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        preset[key] = yaml.safe_load(value)  # merged() takes dotted keys as they are
     return validate(merged(params, preset))
 
 

@@ -100,13 +100,19 @@ def test_disagreement_is_recorded_then_an_error(raw, tmp_path):
         check_agreement(report)
 
 
-def test_label_mapped_ground_truth_is_scored_through_the_map(tmp_path):
+def own_ids_setup(tmp_path, images: int, height: int, width: int):
+    """A val split in own ids with its label map, predictions and our scores: ``(lut, predictions,
+    eval_json, ours)``."""
     root = tmp_path / "own"
-    generate_dataset(root, {"val": 3}, 64, 128, seed=3, progress=False)
+    generate_dataset(root, {"val": images}, height, width, seed=3, progress=False)
     to_own_ids(root)
     (tmp_path / "label_map.yaml").write_text(LABEL_MAP)
     lut = load_label_map(tmp_path / "label_map.yaml")
-    predictions, eval_json, ours = setup(root, tmp_path, "category", lut)
+    return (lut, *setup(root, tmp_path, "category", lut))
+
+
+def test_label_mapped_ground_truth_is_scored_through_the_map(tmp_path):
+    lut, predictions, eval_json, ours = own_ids_setup(tmp_path, 3, 64, 128)
     report = official_check(predictions, eval_json, "category", lut)
     assert report["agreement"] is True and report["label_mapped"] is True
     assert report["official"]["mIoU"] == pytest.approx(ours["mIoU"], abs=1e-4)
@@ -115,12 +121,7 @@ def test_label_mapped_ground_truth_is_scored_through_the_map(tmp_path):
 
 
 def test_ids_missing_from_the_label_map_name_the_file(tmp_path):
-    root = tmp_path / "own"
-    generate_dataset(root, {"val": 2}, 32, 64, seed=3, progress=False)
-    to_own_ids(root)
-    (tmp_path / "label_map.yaml").write_text(LABEL_MAP)
-    lut = load_label_map(tmp_path / "label_map.yaml")
-    predictions, eval_json, _ = setup(root, tmp_path, "category", lut)
+    lut, predictions, eval_json, _ = own_ids_setup(tmp_path, 2, 32, 64)
     partial = lut.copy()
     partial[5] = 255  # "anything else" no longer mapped
     with pytest.raises(ValueError, match=r"_gtFine_labelIds.png: ids \[5\] have no entry in the label map"):
