@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 from hms_core.config import load_params
-from hms_core.data import IGNORE, EvalSet, StreamSampler, TrainSet, read_index
+from hms_core.data import IGNORE, EvalSet, StreamSampler, TrainSet, read_index, training_inputs
 from hms_core.engine import resolve_device, seed_everything
 from hms_core.evaluation import results
 from hms_core.io import write_json
@@ -45,7 +45,8 @@ def train(model: torch.nn.Module, dataset: TrainSet, cfg: dict, device: torch.de
     model.train().to(device)
     start, done = time.perf_counter(), 0
     for image, label in loader:
-        loss = F.cross_entropy(model(image.to(device))["out"], label.to(device), ignore_index=IGNORE)
+        image, label = training_inputs(image.to(device), label.to(device))  # uint8 crops -> normalised
+        loss = F.cross_entropy(model(image)["out"], label, ignore_index=IGNORE)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

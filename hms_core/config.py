@@ -6,6 +6,7 @@ bad value fails at once with a message that names the key, never hours into a ru
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,7 +14,8 @@ from hms_core.heads import HEADS
 from hms_core.io import read_yaml
 from hms_core.hms import MODES
 from hms_core.labels import GROUPINGS
-from hms_core.trunks import TRUNKS
+from hms_core.model import architecture_error
+from hms_core.trunks import MIT_TRUNKS, PRETRAINED_IMAGENET, TRUNKS
 
 PARAMS_FILE = "params.yaml"
 
@@ -103,6 +105,17 @@ def int_list(key: str, v: Any) -> None:
         _fail(key, "a non-empty list of positive integers", v)
 
 
+def host_port(key: str, v: Any) -> None:
+    """``none`` or ``host:port`` (``[v6addr]:port`` for IPv6), as torchrun's ``--rdzv_endpoint`` reads it."""
+    if v == "none":
+        return
+    expected = "none or host:port (e.g. node001:29500), with a port in [1, 65535]"
+    host, sep, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (sep and re.fullmatch(r"[\w.:-]+", host) and port.isdigit() and 1 <= int(port) <= 65535):
+        _fail(key, expected, v)
+
+
 def list_of(item: Check) -> Check:
     def check(key: str, v: Any) -> None:
         if not isinstance(v, list) or not v:
@@ -124,7 +137,7 @@ SCHEMA: dict[str, Any] = {
     "seed": integer(0),
     "trunk": choice(*TRUNKS),
     "head": choice(*HEADS),
-    "output_stride": choice(8, 16),
+    "output_stride": choice(8, 16, 32),
     "pretrained": string,
     "scales": expert_scales,
     "model": {"head_channels": integer(1), "attention_channels": integer(1), "atrous_rates": int_list},
@@ -137,12 +150,12 @@ SCHEMA: dict[str, Any] = {
     },
     "runtime": {"device": string, "workers": integer(0), "deterministic": boolean,
                 "amp": choice("bf16", "fp16", "none"), "channels_last": boolean, "compile": boolean,
-                "gpus": integer(1)},
+                "gpus": integer(1), "nodes": integer(1), "rdzv_endpoint": host_port, "rdzv_id": string},
     "train": OPTIMIZATION,
     "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pair": number_pair},
     "finetune": {**OPTIMIZATION, "train_all": boolean, "aux_weight": number(low=0.0)},
     "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1),
-                 "official_check": boolean, "pictures": integer(0), "costs": boolean},
+                 "official_check": boolean, "pictures": integer(0), "costs": boolean, "window": integer(0)},
 }
 
 
@@ -163,11 +176,20 @@ def _validate(schema: dict[str, Any], values: Any, prefix: str) -> None:
             rule(prefix + key, values[key])
 
 
+def _check_architecture(params: dict[str, Any]) -> None:
+    """``head``, ``output_stride`` and ``pretrained`` must fit ``trunk`` (:func:`hms_core.model.architecture_error`)."""
+    error = architecture_error(params["trunk"], params["head"], params["output_stride"])
+    if error:
+        _fail(*error)
+    if params["trunk"] in MIT_TRUNKS and params["pretrained"] == PRETRAINED_IMAGENET:
+        _fail("pretrained", f"none or a path to a state dict for trunk {params['trunk']} (torchvision has no "
+              f"ImageNet file for it, and nothing is downloaded)", params["pretrained"])
+
+
 def validate(params: dict[str, Any]) -> dict[str, Any]:
     """Check every key and the rules that tie keys together; return ``params``."""
     _validate(SCHEMA, params, "")
-    if params["trunk"] == "mobilenet_v3_large" and params["output_stride"] != 16:
-        _fail("output_stride", "16 for trunk mobilenet_v3_large", params["output_stride"])
+    _check_architecture(params)
     scales = {float(s) for s in params["scales"]}
     hms = params["hms"]
     if hms["mode"] == "shared":
@@ -178,6 +200,10 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
             _fail(f"evaluate.hms_scales[{i}]", f"a subset of scales {sorted(scales)} in experts mode", chain)
     if hms["mode"] == "experts" and len(scales) < 2:
         _fail("scales", "at least two scales for HMS", params["scales"])
+    runtime = params["runtime"]
+    if runtime["nodes"] > 1 and runtime["rdzv_endpoint"] == "none":
+        _fail("runtime.rdzv_endpoint", f"host:port of one of the {runtime['nodes']} nodes (runtime.nodes > 1: "
+              f"every node meets the others there)", runtime["rdzv_endpoint"])
     convert = params["data"]["convert"]
     if convert["root"] != "none" and convert["label_map"] == "none":
         _fail("data.convert.label_map", "a label-map file when data.convert.root is set", convert["label_map"])

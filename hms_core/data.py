@@ -7,14 +7,16 @@ the datasets read that index.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -22,7 +24,7 @@ from hms_core.fastpng import decode_rgb8
 from hms_core.io import atomic_write, write_json
 from hms_core.labelmap import unmapped_ids
 from hms_core.labels import Grouping
-from hms_core.model import resize_image
+from hms_core.model import scaled_size
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -31,6 +33,9 @@ IGNORE = 255
 # ImageNet statistics: the torchvision trunks (and their pretrained weights) expect them.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+# The mean colour in uint8: training crops are padded with it where the resized image ends
+# (it normalises to within 0.01 of 0, the padding of the float path before).
+PAD_RGB = tuple(round(255 * m) for m in MEAN.flatten().tolist())
 
 
 class DataError(ValueError):
@@ -141,46 +146,173 @@ def prepare_dataset(root: str | Path, out_dir: str | Path, grouping: Grouping, s
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB [3, H, W] -> float ``(x / 255 - mean) / std`` with ImageNet statistics."""
-    return (image.float() / 255 - MEAN) / STD
+    """uint8 RGB ``[3, H, W]`` or a batch ``[B, 3, H, W]``, on any device -> float
+    ``(x / 255 - mean) / std`` with ImageNet statistics, on the same device.
+
+    The one normalisation of the pipeline: evaluation and prediction call it on the
+    CPU per image, training on the device per batch (:func:`training_inputs`).
+    """
+    mean, std = _statistics(image.device)
+    return (image.float() / 255 - mean) / std
 
 
-def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image as a normalised float tensor [3, H, W] and class ids as int64 [H, W]."""
+@functools.lru_cache(maxsize=None)
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cached per device: a fresh host-to-device copy of MEAN and STD at every training
+    # step would be a small synchronous transfer in the middle of the step's queue.
+    return MEAN.to(device), STD.to(device)
+
+
+def training_inputs(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of :class:`TrainSet` crops, already on the device, as the losses take it:
+    ``(normalise(image), label as int64)``.
+
+    The loader ships uint8 (a quarter of the float bytes for images, an eighth of int64
+    for labels) and the device does the arithmetic; every training stream goes through here.
+    """
+    return normalise(image), label.long()
+
+
+def load_pair(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image as uint8 RGB ``[3, H, W]`` and class ids as uint8 ``[H, W]``, as stored."""
     image = decode_rgb8(Path(entry["image"]))  # libpng: faster than PIL, the same pixels
     if image is None:
         image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
-    label = torch.from_numpy(_read_png(Path(entry["label"]), "L").astype(np.int64))
-    return normalise(image), label
+    label = torch.from_numpy(_read_png(Path(entry["label"]), "L").copy())
+    if tuple(image.shape[-2:]) != tuple(label.shape):
+        raise DataError(f"{entry['label']}: label size {tuple(label.shape)[::-1]} differs from its image "
+                        f"{entry['image']} size {tuple(image.shape[-2:])[::-1]} (width, height)")
+    return image, label
+
+
+def load_sample(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image as a normalised float tensor [3, H, W] and class ids as int64 [H, W] (evaluation)."""
+    image, label = load_pair(entry)
+    return normalise(image), label.long()
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One training crop: the image resized to ``size`` (``(H', W')``), the ``crop x crop``
+    window at ``(top, left)`` of it (reaching past ``H'`` or ``W'`` into padding when the
+    resized image is smaller than the crop), mirrored when ``flip``."""
+
+    size: tuple[int, int]
+    top: int
+    left: int
+    crop: int
+    flip: bool
+
+
+def draw_crop(shape: tuple[int, int], scale: float, crop: int, jitter: Sequence[float], hflip: bool,
+              g: torch.Generator) -> CropPlan:
+    """The random draws of one training crop of an ``(h, w)`` image, in this order from ``g``:
+
+    ``f = scale * (j0 + (j1 - j0) * U)``, ``(H', W') = (max(1, round(h f)), max(1, round(w f)))``,
+    ``top ~ U{0 .. max(H', crop) - crop}``, ``left ~ U{0 .. max(W', crop) - crop}``, then
+    (only when ``hflip``) ``flip = U < 1/2``.
+    """
+    f = scale * (jitter[0] + (jitter[1] - jitter[0]) * torch.rand((), generator=g).item())
+    size = scaled_size(shape, f)
+    top = int(torch.randint(0, max(size[0], crop) - crop + 1, (), generator=g))
+    left = int(torch.randint(0, max(size[1], crop) - crop + 1, (), generator=g))
+    flip = hflip and torch.rand((), generator=g).item() < 0.5
+    return CropPlan(size, top, left, crop, flip)
+
+
+def source_span(start: int, count: int, in_size: int, out_size: int) -> tuple[int, int]:
+    """The source pixels ``[a, b)`` that output pixels ``start .. start + count - 1`` of a resize
+    from ``in_size`` to ``out_size`` pixels read.
+
+    The output pixels cover the source interval ``[s start, s (start + count)]``,
+    ``s = in_size / out_size``; the triangle filter of the resize reaches ``r = max(s, 1)``
+    beyond it, and one more pixel guards against rounding:
+    ``a = max(0, floor(s start - r) - 1)``, ``b = min(in_size, ceil(s (start + count) + r) + 1)``.
+    """
+    s = in_size / out_size
+    r = max(s, 1.0)
+    return max(0, math.floor(s * start - r) - 1), min(in_size, math.ceil(s * (start + count) + r) + 1)
+
+
+def _valid(plan: CropPlan) -> tuple[int, int]:
+    """Rows and columns of the crop that lie inside the resized image (the rest is padding)."""
+    return min(plan.crop, plan.size[0] - plan.top), min(plan.crop, plan.size[1] - plan.left)
+
+
+def crop_image(image: torch.Tensor, plan: CropPlan) -> torch.Tensor:
+    """``plan``'s crop of ``resize_image(image, plan.size)``, uint8 ``[3, h, w]`` -> uint8
+    ``[3, crop, crop]``, resizing only the source window the crop needs (:func:`source_span`).
+
+    The window goes through PIL's ``resize(box=...)`` with the BILINEAR filter: output pixel
+    ``i`` of the whole resize is centred at ``s (i + 1/2)`` in source coordinates and averages
+    the source pixels ``j`` within ``r = max(s, 1)`` of it with weights ``1 - |j + 1/2 - c| / r``
+    (normalised): the triangle filter of ``resize_image`` (PyTorch's antialiased bilinear mode
+    copies PIL's), plain bilinear interpolation when growing. The box
+    ``[s top, s (top + rows)]`` (less the window's corner) places the crop's pixel centres
+    exactly where the whole resize has them. PIL computes in 8-bit fixed point and rounds after
+    each of its two passes, so a pixel is within 1 (of 255) of the float resize; integer
+    arithmetic gives the same bits in every process. Beyond the resized image the crop is
+    :data:`PAD_RGB`. Not flipped.
+    """
+    (h, w), (rows, cols) = image.shape[-2:], _valid(plan)
+    sy, sx = h / plan.size[0], w / plan.size[1]
+    y0, y1 = source_span(plan.top, rows, h, plan.size[0])
+    x0, x1 = source_span(plan.left, cols, w, plan.size[1])
+    window = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0)[y0:y1, x0:x1].numpy()))
+    # PIL refuses a box past the image by a rounding error: clamp to the window.
+    box = (sx * plan.left - x0, sy * plan.top - y0,
+           min(sx * (plan.left + cols), x1) - x0, min(sy * (plan.top + rows), y1) - y0)
+    out = np.empty((plan.crop, plan.crop, 3), dtype=np.uint8)
+    out[...] = PAD_RGB
+    out[:rows, :cols] = np.asarray(window.resize((cols, rows), Image.Resampling.BILINEAR, box=box))
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
+def nearest_index(in_size: int, out_size: int, start: int, count: int) -> torch.Tensor:
+    """Source pixels of output pixels ``start .. start + count - 1`` of
+    ``F.interpolate(mode="nearest")`` from ``in_size`` to ``out_size`` pixels:
+    ``min(floor(i * s), in_size - 1)`` with ``s = in_size / out_size``, both the quotient
+    and the product in float32 as PyTorch computes them, so labels come out bit-identical.
+    """
+    s = np.float32(in_size) / np.float32(out_size)
+    i = np.arange(start, start + count, dtype=np.float32)
+    return torch.from_numpy(np.minimum(np.floor(i * s).astype(np.int64), in_size - 1))
+
+
+def crop_label(label: torch.Tensor, plan: CropPlan) -> torch.Tensor:
+    """``plan``'s crop of the nearest-neighbour resize of ``label`` (``[h, w]`` -> ``[crop, crop]``,
+    same dtype), reading only the label pixels it needs; :data:`IGNORE` beyond the resized image.
+    Not flipped."""
+    (h, w), (rows, cols) = label.shape, _valid(plan)
+    out = torch.full((plan.crop, plan.crop), IGNORE, dtype=label.dtype)
+    out[:rows, :cols] = label.index_select(0, nearest_index(h, plan.size[0], plan.top, rows)) \
+                             .index_select(1, nearest_index(w, plan.size[1], plan.left, cols))
+    return out
 
 
 def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: float, crop: int,
                            jitter: Sequence[float], hflip: bool, g: torch.Generator
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paired training transform: resize by ``scale * U(jitter)``, random crop, random flip.
+    """Paired training transform of uint8 ``[3, h, w]`` and ``[h, w]``: resize by ``scale * U(jitter)``,
+    random ``crop x crop`` crop, random flip (:func:`draw_crop`); uint8 out.
 
-    Images are resized by :func:`hms_core.model.resize_image` (bilinear, antialiased
-    when shrinking: the resize of inference too), labels by nearest neighbour; the crop pads with 0 (the mean colour after normalisation) and 255.
+    Geometrically the crop of the whole image resized by :func:`hms_core.model.resize_image`
+    (bilinear, antialiased when shrinking: the resize of inference too) and of the label
+    resized by nearest neighbour, padded with the mean colour and 255 where the resized
+    image is smaller than the crop. Only the source window under the crop is resized: at
+    scale 2 the whole resized image would be 4x the source's pixels, in float.
     """
-    f = scale * (jitter[0] + (jitter[1] - jitter[0]) * torch.rand((), generator=g).item())
-    h, w = label.shape
-    size = (max(1, round(h * f)), max(1, round(w * f)))
-    image = resize_image(image[None], size)[0]
-    label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
-    pad_h, pad_w = max(0, crop - size[0]), max(0, crop - size[1])
-    if pad_h or pad_w:
-        image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
-        label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
-    top = int(torch.randint(0, label.shape[0] - crop + 1, (), generator=g))
-    left = int(torch.randint(0, label.shape[1] - crop + 1, (), generator=g))
-    image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
-    if hflip and torch.rand((), generator=g).item() < 0.5:
+    plan = draw_crop(tuple(label.shape), scale, crop, jitter, hflip, g)
+    image, label = crop_image(image, plan), crop_label(label, plan)
+    if plan.flip:
         image, label = image.flip(-1), label.flip(-1)
     return image.contiguous(), label.contiguous()
 
 
 class TrainSet(torch.utils.data.Dataset):
-    """Training crops at one scale.
+    """Training crops at one scale: uint8 images ``[3, crop, crop]`` and uint8 class ids
+    ``[crop, crop]`` (255 ignored); :func:`training_inputs` turns a batch on the device into
+    model inputs.
 
     Indexed by ``(i, key)``: ``i`` picks the image, ``key`` (the sample's position in
     the run's sample stream) seeds its augmentation, so a crop depends on the seed
@@ -197,7 +329,7 @@ class TrainSet(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, key = item
-        image, label = load_sample(self.index[i])
+        image, label = load_pair(self.index[i])
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
         return random_scale_crop_flip(image, label, self.scale, self.crop, self.jitter, self.hflip, g)
 

@@ -1,9 +1,13 @@
 """Multi-process training: torchrun relaunch, process group, DDP wrapping, global-batch loss.
 
-``runtime.gpus: N > 1`` makes a stage script exec itself as
-``python -m torch.distributed.run --standalone --nproc_per_node=N <script> <args>``;
-each of the N processes trains on one device (``cuda:LOCAL_RANK``, or the CPU
-with the gloo backend) with a per-process batch of ``batch_size``. Rank ``r``
+``runtime.gpus: G > 1`` makes a stage script exec itself as
+``python -m torch.distributed.run --standalone --nproc_per_node=G <script> <args>``;
+each of the G processes trains on one device (``cuda:LOCAL_RANK``, or the CPU
+with the gloo backend) with a per-process batch of ``batch_size``.
+``runtime.nodes: M > 1`` runs the same command on each of M machines instead,
+with ``--nnodes=M`` and a c10d rendezvous at ``runtime.rdzv_endpoint`` in place
+of ``--standalone``: the job then has ``N = G * M`` processes, ranked globally.
+Below, ``N`` is that world size, whatever the split into nodes. Rank ``r``
 takes the ``r``-th slice of every global batch of ``N * batch_size`` stream
 positions, so the N processes together see exactly the samples of one process
 with batch ``N * batch_size``.
@@ -76,20 +80,36 @@ def check_devices(device: torch.device, gpus: int) -> None:
                          f"CUDA devices are visible")
 
 
-def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
-    """The command that runs ``argv`` (a script and its arguments) in ``nproc`` processes on this node."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *argv]
+def torchrun_command(nproc: int, argv: Sequence[str], nodes: int = 1, rdzv_endpoint: str = "none",
+                     rdzv_id: str = "hms") -> list[str]:
+    """The command that runs ``argv`` (a script and its arguments) in ``nproc`` processes on this node.
+
+    One node: a standalone job. Several: every node runs this same command, and
+    the torchrun agents meet at ``rdzv_endpoint`` (``host:port``; the agent on
+    that host serves the c10d store) under the job id ``rdzv_id``, then rank
+    their processes ``0 .. nodes * nproc - 1``.
+    """
+    if nodes <= 1:
+        job = ["--standalone", f"--nproc_per_node={nproc}"]
+    elif rdzv_endpoint == "none":
+        raise ValueError(f"runtime.rdzv_endpoint: host:port where the {nodes} nodes meet is needed for "
+                         f"runtime.nodes > 1")
+    else:
+        job = [f"--nnodes={nodes}", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id}"]
+    return [sys.executable, "-m", "torch.distributed.run", *job, *argv]
 
 
 def relaunch_under_torchrun(runtime: dict[str, Any], device: torch.device) -> None:
-    """Replace this process by torchrun running the same script when ``runtime.gpus > 1``.
+    """Replace this process by torchrun running the same script when ``runtime.gpus > 1`` or
+    ``runtime.nodes > 1``.
 
     Returns (doing nothing) for one process or inside torchrun already, so the
-    stage script stays the one entry point of ``dvc repro``.
+    stage script stays the one entry point of ``dvc repro`` (on one node) or of
+    each node's command (on several).
     """
-    gpus = int(runtime.get("gpus", 1))
-    if gpus <= 1 or launched():
+    gpus, nodes = int(runtime.get("gpus", 1)), int(runtime.get("nodes", 1))
+    if gpus * nodes <= 1 or launched():
         return
     check_devices(device, gpus)
     env = dict(os.environ)
@@ -98,7 +118,9 @@ def relaunch_under_torchrun(runtime: dict[str, Any], device: torch.device) -> No
     argv = [os.path.abspath(sys.argv[0]), *sys.argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, torchrun_command(gpus, argv), env)
+    command = torchrun_command(gpus, argv, nodes, runtime.get("rdzv_endpoint", "none"),
+                               runtime.get("rdzv_id", "hms"))
+    os.execve(sys.executable, command, env)
 
 
 def rank_device(device: torch.device, ctx: Context) -> torch.device:

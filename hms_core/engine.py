@@ -25,7 +25,7 @@ from tqdm import tqdm
 from hms_core import distributed
 from hms_core.distributed import Context
 from hms_core.io import load_checkpoint, save_checkpoint, write_text
-from hms_core.speed import Speed
+from hms_core.speed import Speed, deterministic_algorithms
 
 
 class NonFiniteLoss(RuntimeError):
@@ -67,7 +67,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_algorithms()  # the device's settings follow in speed.configure_backends
         torch.backends.cudnn.benchmark = False
 
 

@@ -3,9 +3,12 @@
 Per image, each scale runs once; its logits and attention feed every row:
 single scales, average and max pooling over scales (both at scale 1.0), and
 HMS chains. The one-model multi-scale baseline (the scale-1.0 model at several
-scales, probabilities averaged: what mmsegmentation's ``--tta`` does) and the
-explicit-attention baseline run their own passes. One confusion matrix per row,
-at full label resolution, and the mean HMS attention per class.
+scales, probabilities averaged: what mmsegmentation's ``--tta`` does) runs its
+own pass; so does the explicit-attention baseline, unless its branches hold the
+HMS model's weights (frozen fine-tuning from the same experts): it then fuses
+the HMS pass's outputs. One confusion matrix per row, at full label resolution,
+and the mean HMS attention per class. Large images can be run in overlapping
+windows (``evaluate.window``) to bound the memory of the highest scale.
 """
 from __future__ import annotations
 
@@ -94,9 +97,21 @@ def _pass_key(model: HMS, row: Row) -> tuple[float | None, bool]:
     return source, row.flip
 
 
+def branches_match(model: HMS, explicit: HMS | None) -> bool:
+    """True when ``explicit`` runs each of its scales with the same weights as ``model``: its
+    rows can then be fused from ``model``'s pass instead of running every scale again."""
+    if explicit is None or (model.mode != "shared" and not set(explicit.scales) <= set(model.scales)):
+        return False
+    for s in explicit.scales:
+        ours, theirs = model.branch(s).state_dict(), explicit.branch(s).state_dict()
+        if ours.keys() != theirs.keys() or not all(torch.equal(ours[k], theirs[k]) for k in ours):
+            return False
+    return True
+
+
 @torch.no_grad()
-def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit: HMS | None = None
-                 ) -> tuple[dict[str, torch.Tensor], dict[float, ScaleOutput]]:
+def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit: HMS | None = None,
+                 reuse_explicit: bool = False) -> tuple[dict[str, torch.Tensor], dict[float, ScaleOutput]]:
     """Scores of every row for a batch ``image`` [B, 3, H, W], each [B, C, H, W]
     (logits, or probabilities for TTA rows: both give the prediction by argmax).
 
@@ -106,19 +121,27 @@ def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit
 
     * single: ``up(p_s)``; avg / max: ``mean_s`` / ``max_s`` of ``p_s`` resized to scale 1.0;
     * tta: ``mean_s softmax(up(p'_s))``, ``p'_s`` the scale-1.0 model run at scale ``s``;
-    * hms: :func:`hierarchical_fusion` of the chain; explicit: the explicit model.
+    * hms: :func:`hierarchical_fusion` of the chain; explicit: the explicit model, fused
+      from the HMS pass when ``reuse_explicit`` (:func:`branches_match`; rows without flip,
+      as a flipped explicit row averages fused outputs, not per-scale ones).
     """
     size = tuple(image.shape[-2:])
     needed: dict[tuple[float | None, bool], set[float]] = defaultdict(set)
+    own = (None, False)  # each scale's own branch, no flip
+    fused_from_pass = reuse_explicit and any(r.kind == "explicit" and not r.flip for r in rows.values())
     for row in rows.values():
         if row.kind != "explicit":
             needed[_pass_key(model, row)].update(row.scales)
+    if fused_from_pass:
+        needed[own].update(explicit.scales)
     passes = {key: multiscale_forward(model, image, sorted(sc), source_scale=key[0], flip=key[1],
-                                      attention=key[0] is None) for key, sc in needed.items()}
+                                      attention=key[0] is None, features=fused_from_pass and key == own)
+              for key, sc in needed.items()}
     scores = {}
     for name, row in rows.items():
         if row.kind == "explicit":
-            scores[name] = _explicit_scores(explicit, image, row.flip)
+            scores[name] = (resize(explicit.fuse(passes[own])[0], size) if fused_from_pass and not row.flip
+                            else _explicit_scores(explicit, image, row.flip))
             continue
         out = passes[_pass_key(model, row)]
         if row.kind == "single":
@@ -147,6 +170,46 @@ def attention_maps(outputs: dict[float, ScaleOutput], size: tuple[int, int]) -> 
     return {s: resize(o.attention, size) for s, o in outputs.items() if o.attention is not None}
 
 
+def window_starts(length: int, window: int) -> list[int]:
+    """Start offsets of windows of ``window`` pixels covering ``length`` with at least 1/3
+    overlap: ``0, d, 2d, ..., length - window`` with ``d = floor(2 * window / 3)``."""
+    if length <= window:
+        return [0]
+    step = max(1, 2 * window // 3)
+    return sorted(set(range(0, length - window, step)) | {length - window})
+
+
+@torch.no_grad()
+def predict_windows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit: HMS | None = None,
+                    reuse_explicit: bool = False, window: int = 0
+                    ) -> tuple[dict[str, torch.Tensor], dict[float, torch.Tensor]]:
+    """Scores of every row and the attention maps ``{s: a_s}``, all at ``image``'s size.
+
+    ``window > 0``: :func:`predict_rows` on each ``window x window`` crop (scale-1.0
+    pixels; every scale sees the crop resized by ``s``), scores and maps averaged over
+    the windows covering each pixel: ``x(i) = sum_w x_w(i) / #{w : i in w}``. Memory
+    then grows with the window, not the image.
+    """
+    size = tuple(image.shape[-2:])
+    if window <= 0 or max(size) <= window:
+        scores, outputs = predict_rows(model, image, rows, explicit, reuse_explicit)
+        return scores, attention_maps(outputs, size)
+    sums: dict[Any, torch.Tensor] = {}
+    count = torch.zeros(size, device=image.device)
+    for y in window_starts(size[0], window):
+        for x in window_starts(size[1], window):
+            crop = image[..., y:y + window, x:x + window]
+            scores, outputs = predict_rows(model, crop, rows, explicit, reuse_explicit)
+            parts = {**scores, **attention_maps(outputs, tuple(crop.shape[-2:]))}
+            for key, value in parts.items():
+                if key not in sums:
+                    sums[key] = value.new_zeros((*value.shape[:2], *size))
+                sums[key][..., y:y + crop.shape[-2], x:x + crop.shape[-1]] += value
+            count[y:y + crop.shape[-2], x:x + crop.shape[-1]] += 1
+    averaged = {key: value / count for key, value in sums.items()}
+    return ({n: averaged[n] for n in rows}, {k: v for k, v in averaged.items() if not isinstance(k, str)})
+
+
 @dataclass
 class Evaluation:
     """What one pass over the val split measures.
@@ -163,17 +226,18 @@ class Evaluation:
 
 def evaluate(model: HMS, loader: torch.utils.data.DataLoader, rows: dict[str, Row], num_classes: int,
              speed: Speed, explicit: HMS | None = None,
-             on_prediction: Callable[[str, int, np.ndarray], None] | None = None) -> Evaluation:
+             on_prediction: Callable[[str, int, np.ndarray], None] | None = None, window: int = 0) -> Evaluation:
     """One confusion matrix per row over the whole loader, accumulated on the device.
 
     Runs under ``speed``'s autocast and memory layout (``runtime.amp``,
     ``channels_last``; both act on CUDA only). ``on_prediction(row, image_index,
     class_ids)`` sees every prediction (e.g. to write it for the official
-    evaluator); the loader must not shuffle.
+    evaluator); the loader must not shuffle. ``window``: see :func:`predict_windows`.
     """
     speed.prepare_model(model.eval())
     if explicit is not None:
         speed.prepare_model(explicit.eval())
+    reuse = branches_match(model, explicit)
     device = speed.device
     cms = {n: torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) for n in rows}
     sums: dict[float, torch.Tensor] = {}
@@ -181,7 +245,7 @@ def evaluate(model: HMS, loader: torch.utils.data.DataLoader, rows: dict[str, Ro
     for image, label in tqdm(loader, desc="evaluate", unit="batch"):
         image, label = speed.to_device(image), label.to(device, non_blocking=True)
         with speed.autocast():
-            scores, outputs = predict_rows(model, image, rows, explicit)
+            scores, maps = predict_windows(model, image, rows, explicit, reuse, window)
         keep = label != IGNORE
         for name, score in scores.items():
             pred = score.argmax(1)
@@ -189,7 +253,7 @@ def evaluate(model: HMS, loader: torch.utils.data.DataLoader, rows: dict[str, Ro
             if on_prediction is not None:
                 for i, p in enumerate(pred.cpu().numpy()):
                     on_prediction(name, seen + i, p)
-        for s, a in attention_maps(outputs, tuple(label.shape[-2:])).items():
+        for s, a in maps.items():
             per_class = torch.bincount(label[keep], weights=a[:, 0][keep].double(), minlength=num_classes)
             sums[s] = sums.get(s, 0) + per_class
         seen += len(image)

@@ -20,7 +20,7 @@ from hms_core.data import IGNORE
 from hms_core.heads import AttentionHead
 from hms_core.hms import HMS
 from hms_core.model import resize
-from hms_core.multiscale import multiscale_forward
+from hms_core.multiscale import ScaleOutput, multiscale_forward
 
 EXPLICIT = "explicit"
 
@@ -37,11 +37,21 @@ class ExplicitAttention(HMS):
         """Return ``(P, {s: p_s}, w)`` for ``image`` at scale 1.0; ``P`` and ``w`` at its size."""
         size = tuple(image.shape[-2:])
         outputs = multiscale_forward(self, image, self.scales, attention=False, features=True)
+        fused, weights = self.fuse(outputs)
+        return resize(fused, size), {s: o.logits for s, o in outputs.items()}, resize(weights, size)
+
+    def fuse(self, outputs: dict[float, ScaleOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, w)`` at the scale-1.0 features' resolution from every scale's logits and decoder
+        features: ``w = softmax_s(head(concat_s features_s))``, ``P = sum_s w_s * resize(p_s)``.
+
+        ``outputs`` may come from another model's pass when its branches hold the
+        same weights (evaluation then runs each scale once for HMS and explicit rows).
+        """
+        ordered = [outputs[s] for s in sorted(self.scales)]
         ref = tuple(outputs[1.0].features.shape[-2:])
-        weights = self.attention[EXPLICIT](torch.cat([resize(o.features, ref) for o in outputs.values()], 1))
-        weights = resize(weights, size)
-        fused = sum(weights[:, i:i + 1] * resize(o.logits, size) for i, o in enumerate(outputs.values()))
-        return fused, {s: o.logits for s, o in outputs.items()}, weights
+        weights = self.attention[EXPLICIT](torch.cat([resize(o.features, ref) for o in ordered], 1))
+        fused = sum(weights[:, i:i + 1] * resize(o.logits, ref) for i, o in enumerate(ordered))
+        return fused, weights
 
     def forward(self, image: torch.Tensor, scales: Any = None) -> torch.Tensor:
         return self.explicit_forward(image)[0]

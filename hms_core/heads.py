@@ -1,4 +1,4 @@
-"""Segmentation heads: DeepLabV3+, plain DeepLabV3, and the HMS attention head.
+"""Segmentation heads: DeepLabV3+, plain DeepLabV3, SegFormer's all-MLP decoder, and the HMS attention head.
 
 The heads return decoder *features*; the 1x1 class classifier lives in
 :class:`hms_core.model.SegModel` so that the attention head can read the same
@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
-HEADS = ("deeplabv3plus", "deeplabv3")
+DEEPLAB_HEADS = ("deeplabv3plus", "deeplabv3")
+SEGFORMER = "segformer"  # hms_core.mit.SegformerHead, on the four stages of a MiT trunk
+HEADS = (*DEEPLAB_HEADS, SEGFORMER)
 LOW_LEVEL_CHANNELS = 48  # DeepLabV3+ projects the stride-4 feature to 48 channels (Chen et al. 2018).
 
 
@@ -64,7 +66,18 @@ class DeepLabV3Head(nn.Module):
 
 
 def build_head(name: str, out_channels_trunk: int, low_channels: int, channels: int,
-               atrous_rates: Sequence[int]) -> nn.Module:
+               atrous_rates: Sequence[int], stage_channels: Sequence[int] | None = None) -> nn.Module:
+    """The head ``name``, returning ``channels`` decoder features.
+
+    ``stage_channels`` are the widths of a MiT trunk's four stages (the
+    ``segformer`` head reads them all; it has no ASPP, so ``atrous_rates`` is unused there).
+    """
+    if name == SEGFORMER:
+        if stage_channels is None or len(stage_channels) != 4:
+            raise ValueError("head: segformer reads the four stages of a MiT trunk (trunk mit_b0), "
+                             f"got stage widths {stage_channels}")
+        from hms_core.mit import SegformerHead  # imported here: transformers is slow to load
+        return SegformerHead(stage_channels, channels)
     if name == "deeplabv3plus":
         return DeepLabV3PlusHead(out_channels_trunk, low_channels, channels, atrous_rates)
     if name == "deeplabv3":

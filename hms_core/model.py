@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core.heads import build_head
-from hms_core.trunks import PRETRAINED_NONE, build_trunk
+from hms_core.heads import DEEPLAB_HEADS, HEADS, SEGFORMER, build_head
+from hms_core.trunks import MIT_TRUNKS, OUTPUT_STRIDES, PRETRAINED_NONE, build_trunk
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -38,27 +38,62 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def heads_for_trunk(trunk: str) -> tuple[str, ...]:
+    """The heads ``trunk`` can carry.
+
+    SegFormer's decoder reads the four stages of a MiT trunk, which the
+    torchvision trunks do not return; the DeepLab heads' ASPP is made for a
+    dilated CNN at stride 8 or 16, not for MiT's undilated stride 32.
+    """
+    return (SEGFORMER,) if trunk in MIT_TRUNKS else DEEPLAB_HEADS
+
+
+def architecture_error(trunk: str, head: str, output_stride: int) -> tuple[str, str, Any] | None:
+    """``(key, expected, value)`` for the first of ``head`` and ``output_stride`` that does not fit
+    ``trunk``; None when they all go together (``trunk`` is assumed known)."""
+    heads = heads_for_trunk(trunk)
+    if head not in heads:
+        why = ("the DeepLab heads need a dilated CNN trunk at stride 8 or 16" if trunk in MIT_TRUNKS
+               else f"head {SEGFORMER} needs a MiT trunk: {', '.join(MIT_TRUNKS)}")
+        return "head", f"{' or '.join(heads)} for trunk {trunk} ({why})", head
+    strides = OUTPUT_STRIDES[trunk]
+    if output_stride not in strides:
+        return "output_stride", f"{' or '.join(map(str, strides))} for trunk {trunk}", output_stride
+    return None
+
+
 class SegModel(nn.Module):
-    """A DeepLab branch: ``p = up(conv1x1(head(trunk(x))))`` at the input's size."""
+    """A segmentation branch (DeepLab or SegFormer): ``p = up(conv1x1(head(trunk(x))))`` at the input's size."""
 
     def __init__(self, trunk: str, head: str, num_classes: int, output_stride: int = 16,
                  head_channels: int = 256, atrous_rates: tuple[int, ...] = (6, 12, 18),
                  pretrained: str = PRETRAINED_NONE) -> None:
         super().__init__()
+        # Unknown names are left to build_trunk / build_head, which list the known ones.
+        if trunk in OUTPUT_STRIDES and head in HEADS and (error := architecture_error(trunk, head, output_stride)):
+            key, expected, value = error
+            raise ValueError(f"{key}: expected {expected}, got {value!r}")
         self.trunk = build_trunk(trunk, output_stride, pretrained)
+        # Only MiT trunks have stage widths (the segformer head reads all four stages).
         self.head = build_head(head, self.trunk.out_channels, self.trunk.low_channels, head_channels,
-                               atrous_rates)
+                               atrous_rates, getattr(self.trunk, "stage_channels", None))
         self.classifier = nn.Conv2d(head_channels, num_classes, kernel_size=1)
         self.feature_channels = head_channels
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits at the input size, decoder features at stride 4 or the output stride)."""
+        """Return (logits, decoder features), both at the decoder's resolution: stride 4
+        (DeepLabV3+, SegFormer) or the output stride (DeepLabV3).
+
+        The logits stay there: HMS fuses scales at this resolution and the caller resizes
+        once to the size it needs, instead of upsampling 4x (at scale 2: to twice the
+        image) and shrinking again.
+        """
         features = self.head(self.trunk(x))
-        logits = resize(self.classifier(features), tuple(x.shape[-2:]))
-        return logits, features
+        return self.classifier(features), features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+        """Logits at the input size."""
+        return resize(self.forward_features(x)[0], tuple(x.shape[-2:]))
 
 
 MODEL_META_KEYS = ("trunk", "head", "num_classes", "output_stride", "head_channels", "atrous_rates")

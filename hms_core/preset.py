@@ -1,5 +1,8 @@
 """Run the pipeline with a named set of params: ``python -m hms_core.preset presets/camvid.yaml``.
 
+Several presets apply in order, a later one winning where both set a key
+(``presets/cityscapes_gpu.yaml presets/synthetic_1024x2048.yaml``).
+
 A preset is a YAML file shaped like ``params.yaml`` holding only the keys it
 changes. Each leaf becomes one ``-S key=value`` of ``dvc exp run``, so the run
 is an ordinary DVC experiment (``dvc exp show``, ``dvc exp apply``) and
@@ -50,18 +53,26 @@ def merged(params: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """The mapping of params a preset file changes; a clear error when it is missing or not one."""
+    preset = read_yaml(Path(path), ParamsError) if Path(path).is_file() else None
+    if not isinstance(preset, dict) or not preset:
+        raise ParamsError(f"{path}: expected a YAML mapping of params to change")
+    return preset
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate ``params.yaml`` with the preset applied, then run ``dvc exp run -S ...``."""
     p = argparse.ArgumentParser(prog="hms-preset", description=__doc__.split("\n\n")[0])
-    p.add_argument("preset", help="YAML file with the params to change")
+    p.add_argument("presets", nargs="+", metavar="preset", help="YAML file(s) with the params to change, applied in order")
     p.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
     p.add_argument("dvc_args", nargs="*", help="after --: more arguments for dvc exp run")
     args = p.parse_args(argv)
     try:
-        preset = read_yaml(Path(args.preset), ParamsError) if Path(args.preset).is_file() else None
-        if not isinstance(preset, dict) or not preset:
-            raise ParamsError(f"{args.preset}: expected a YAML mapping of params to change")
+        preset: dict[str, Any] = {}
+        for path in args.presets:
+            preset = merged(preset, read_preset(path))
         validate(merged(load_params(), preset))  # a bad preset fails here, before DVC runs anything
     except (ParamsError, ValueError) as exc:
         print(f"hms-preset: error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ same bits with or without them; ``compile`` acts wherever it is asked for.
 """
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ContextManager
@@ -24,6 +25,15 @@ from torch import nn
 
 AMP_MODES = ("bf16", "fp16", "none")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# cuBLAS (CUDA >= 10.2) reduces in a fixed order only with a fixed workspace; PyTorch's
+# deterministic mode asks for this setting and warns (or raises) on a matmul without it.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+# Why warn_only: the training step needs CUDA kernels that have no deterministic
+# implementation (backward of bilinear interpolation: logits and HMS scale changes; backward
+# of adaptive average pooling: ASPP's image pooling; NLLLoss forward: the cross-entropy).
+# With warn_only=False the first GPU training step would raise; with it, each such op warns
+# once and CUDA training is reproducible up to their atomic-add rounding, not bit-exact.
+DETERMINISTIC_WARN_ONLY = True
 
 
 @dataclass(frozen=True)
@@ -79,15 +89,30 @@ class Speed:
         return torch.compile(module) if self.compile else module
 
 
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """cuDNN autotuning (``cudnn.benchmark``) on CUDA unless ``runtime.deterministic``.
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=DETERMINISTIC_WARN_ONLY)``: deterministic
+    kernels wherever PyTorch has one, a warning naming each op that has none."""
+    torch.use_deterministic_algorithms(True, warn_only=DETERMINISTIC_WARN_ONLY)
 
-    Autotuning times the convolution algorithms once per input shape and keeps
-    the fastest; the choice can differ from run to run, hence not in
-    deterministic mode. Training crops have one shape, so it is timed once.
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """The backend settings of ``runtime.deterministic`` on ``device``; call it before the
+    process's first cuBLAS call (the stages call it before building the model).
+
+    Deterministic: :func:`deterministic_algorithms` and, on CUDA,
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless the environment sets it already (cuBLAS reads
+    it when it starts) and no cuDNN autotuning. Not deterministic, on CUDA: cuDNN autotuning
+    (``cudnn.benchmark``), which times the convolution algorithms once per input shape and
+    keeps the fastest; the choice can differ from run to run. Training crops have one
+    shape, so it is timed once.
     """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        deterministic_algorithms()
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core import distributed
-from hms_core.data import IGNORE, StreamSampler, TrainSet, read_index
+from hms_core.data import IGNORE, StreamSampler, TrainSet, read_index, training_inputs
 from hms_core.distributed import Context
 from hms_core.engine import fit, resolve_device, seed_everything
 from hms_core.explicit import ExplicitAttention, explicit_loss
@@ -71,6 +71,8 @@ def _stream(dataset: TrainSet, cfg: dict[str, Any], start: int, workers: int, sp
 
     Step ``t`` covers the global positions ``[t * N * b, (t + 1) * N * b)``
     (``N`` processes, per-process batch ``b``); rank ``r`` takes the ``r``-th slice.
+    The loader ships uint8 crops (pinned on CUDA); they are normalised on the device here,
+    for every training stream alike (:func:`hms_core.data.training_inputs`).
     """
     b, n, seed = cfg["batch_size"], ctx.world_size, dataset.seed
     sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,
@@ -82,7 +84,7 @@ def _stream(dataset: TrainSet, cfg: dict[str, Any], start: int, workers: int, sp
                                          persistent_workers=workers > 0,
                                          generator=torch.Generator().manual_seed(seed))
     for image, label in loader:
-        yield speed.to_device(image), speed.to_device(label)
+        yield training_inputs(speed.to_device(image), speed.to_device(label))
 
 
 def ce_denominator(label: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

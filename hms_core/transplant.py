@@ -91,6 +91,16 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
     return model, report
 
 
+def model_scales(params: dict[str, Any]) -> list[float]:
+    """The scales the model runs at: the experts' (``scales``) and, in shared mode, where its
+    one branch runs is free, so also every scale of ``evaluate.hms_scales`` (the explicit
+    baseline then fuses the same scales as the longest HMS chain)."""
+    scales = {float(s) for s in params["scales"]}
+    if params["hms"]["mode"] == SHARED:
+        scales |= {float(s) for chain in params["evaluate"]["hms_scales"] for s in chain}
+    return sorted(scales)
+
+
 def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cls: type[HMS] = HMS
                        ) -> tuple[HMS, list[str]]:
     """Transplant the experts ``{experts_dir}/scale_{s}/model.pt`` for every scale in params.
@@ -105,5 +115,5 @@ def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cl
     for s, p in paths.items():
         if not p.is_file():
             raise FileNotFoundError(f"{p}: expert of scale {s} not found (run the train stage)")
-    meta = {**model_meta(params), "mode": params["hms"]["mode"], "scales": scales}
+    meta = {**model_meta(params), "mode": params["hms"]["mode"], "scales": model_scales(params)}
     return transplant(meta, paths, params["hms"]["shared_source_scale"], params["seed"], model_cls)

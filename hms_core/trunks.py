@@ -1,21 +1,28 @@
-"""Trunks (backbones) from torchvision with dilation.
+"""Trunks (backbones): torchvision CNNs with dilation, and SegFormer's Mix Transformer.
 
-Every trunk returns two feature maps: ``low`` at stride 4 (read by the
-DeepLabV3+ decoder) and ``out`` at the trunk's output stride (8 or 16), where
-the last stages use dilated convolutions instead of striding
-(``replace_stride_with_dilation`` for ResNet, ``dilated=True`` for MobileNetV3).
+Every trunk returns at least two feature maps: ``low`` at stride 4 (read by the
+DeepLabV3+ decoder) and ``out`` at the trunk's output stride. The torchvision
+trunks reach stride 8 or 16, where the last stages use dilated convolutions
+instead of striding (``replace_stride_with_dilation`` for ResNet,
+``dilated=True`` for MobileNetV3). The MiT trunks (:mod:`hms_core.mit`) have
+no dilated variant: their ``out`` is at stride 32, and they also return their
+four stages ``stage1`` .. ``stage4`` for the SegFormer head.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 
-TRUNKS = ("resnet50", "resnet101", "mobilenet_v3_large")
+MIT_TRUNKS = ("mit_b0",)  # built by hms_core.mit from HuggingFace transformers' Segformer classes
+TRUNKS = ("resnet50", "resnet101", "mobilenet_v3_large", *MIT_TRUNKS)
 PRETRAINED_NONE, PRETRAINED_IMAGENET = "none", "imagenet"
+# The output strides each trunk can be built at (the stride of its ``out`` features).
+OUTPUT_STRIDES = {"resnet50": (8, 16), "resnet101": (8, 16), "mobilenet_v3_large": (16,), "mit_b0": (32,)}
 
 _IMAGENET_WEIGHTS = {
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
@@ -51,6 +58,38 @@ def _classifier_net(name: str, output_stride: int) -> nn.Module:
     raise ValueError(f"trunk: unknown trunk {name!r}; expected one of {', '.join(TRUNKS)}")
 
 
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """The state dict saved at ``path``, read with ``weights_only=True``; errors are one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained: no state dict file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, or pickled objects other than tensors (a whole model)
+        raise ValueError(f"pretrained: {path} is not a readable state dict of tensors ({type(exc).__name__}); "
+                         f"save one with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained: {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def load_checked(net: nn.Module, state: dict[str, Any], name: str, path: str | Path,
+                 skip: Iterable[str] = ()) -> None:
+    """Load ``state`` into ``net`` after checking that every key and shape fits (but ``skip``'s keys,
+    which ``net`` holds and the file need not)."""
+    target = net.state_dict()
+    skip = set(skip)
+    missing = [k for k in target if k not in state and k not in skip]
+    unexpected = [k for k in state if k not in target]
+    # Checked here: load_state_dict would raise a many-line RuntimeError on shape mismatches.
+    wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} vs {tuple(target[k].shape)}"
+             for k, v in state.items() if k in target and getattr(v, "shape", None) != target[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"pretrained: {path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"wrong shape {wrong[:3]}")
+    net.load_state_dict(state, strict=False)
+
+
 def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     """Load ImageNet weights from a local file; never downloads.
 
@@ -66,34 +105,26 @@ def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
                 f"copy {url.rsplit('/', 1)[-1]} there, give a path to a state dict, or use 'none'")
     else:
         path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained: no state dict file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, or pickled objects other than tensors (a whole model)
-        raise ValueError(f"pretrained: {path} is not a readable state dict of tensors ({type(exc).__name__}); "
-                         f"save one with torch.save(model.state_dict(), path)") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained: {path} holds a {type(state).__name__}, expected a state dict")
+    state = read_state_dict(path)
     # The classifier (fc / classifier.*) is not part of the trunk; everything else must match.
-    target = net.state_dict()
-    head_keys = [k for k in target if k.startswith(("fc.", "classifier."))]
-    state = {k: v for k, v in state.items() if k not in head_keys}
-    missing = [k for k in target if k not in state and k not in head_keys]
-    unexpected = [k for k in state if k not in target]
-    # Checked here: load_state_dict would raise a many-line RuntimeError on shape mismatches.
-    wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} vs {tuple(target[k].shape)}"
-             for k, v in state.items() if k in target and getattr(v, "shape", None) != target[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"pretrained: {path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"wrong shape {wrong[:3]}")
-    net.load_state_dict(state, strict=False)
+    head_keys = [k for k in net.state_dict() if k.startswith(("fc.", "classifier."))]
+    load_checked(net, {k: v for k, v in state.items() if k not in head_keys}, name, path, skip=head_keys)
 
 
-def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED_NONE) -> Trunk:
-    """Build a dilated torchvision trunk with features at strides 4 and ``output_stride``."""
-    if output_stride not in (8, 16):
-        raise ValueError(f"output_stride: expected 8 or 16, got {output_stride}")
+def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED_NONE) -> nn.Module:
+    """Build a trunk with features ``low`` at stride 4 and ``out`` at ``output_stride``.
+
+    A dilated torchvision :class:`Trunk`, or for the MiT trunks a
+    :class:`hms_core.mit.MitTrunk` (stride 32 only).
+    """
+    if name not in TRUNKS:
+        raise ValueError(f"trunk: unknown trunk {name!r}; expected one of {', '.join(TRUNKS)}")
+    if output_stride not in OUTPUT_STRIDES[name]:
+        raise ValueError(f"output_stride: {name} supports {' or '.join(map(str, OUTPUT_STRIDES[name]))} only, "
+                         f"got {output_stride}")
+    if name in MIT_TRUNKS:
+        from hms_core.mit import MitTrunk  # imported here: mit imports this module, and transformers is slow to load
+        return MitTrunk(name, pretrained)
     net = _classifier_net(name, output_stride)
     if pretrained != PRETRAINED_NONE:
         _load_pretrained(net, name, pretrained)

@@ -49,7 +49,7 @@ def main(args: argparse.Namespace, params: dict) -> None:
     with PredictionWriter(args.predictions, row_names(scales, chains)[-1], [e["image"] for e in dataset.index],
                           grouping.mode, enabled=cfg["official_check"]) as writer:
         evaluation = evaluate(model, loader, rows, grouping.num_classes, speed, explicit,
-                              writer.collect if writer.enabled else None)
+                              writer.collect if writer.enabled else None, cfg["window"])
     res = results(evaluation.confusion, grouping.class_names)
     costs = inference_costs(model, dataset[0][0][None], rows, speed, explicit) if cfg["costs"] else None
 

@@ -86,8 +86,8 @@ def test_prepare_names_the_bad_file_and_writes_nothing(raw, tmp_path, fault, mes
 
 
 @pytest.mark.parametrize("edit,message", [
-    ({"trunk": "vgg16"}, "'trunk' must be one of resnet50, resnet101, mobilenet_v3_large, got 'vgg16'"),
-    ({"head": "fcn"}, "'head' must be one of deeplabv3plus, deeplabv3"),
+    ({"trunk": "vgg16"}, "'trunk' must be one of resnet50, resnet101, mobilenet_v3_large, mit_b0, got 'vgg16'"),
+    ({"head": "fcn"}, "'head' must be one of deeplabv3plus, deeplabv3, segformer, got 'fcn'"),
     ({"data": {"grouping": "fine"}}, "'data.grouping' must be one of category, category_with_void, trainid"),
     ({"scales": []}, "'scales' must be a non-empty list of positive numbers"),
     ({"scales": [0.5, -1.0, 1.0]}, "'scales' must be a list of positive numbers"),
@@ -102,6 +102,37 @@ def test_prepare_names_the_bad_file_and_writes_nothing(raw, tmp_path, fault, mes
 def test_params_errors_name_the_key(edit, message):
     with pytest.raises(ParamsError, match=message):
         validate(tiny_params(**edit))
+
+
+@pytest.mark.parametrize("runtime,message", [
+    ({"nodes": 2}, r"'runtime.rdzv_endpoint' must be host:port of one of the 2 nodes \(runtime.nodes > 1"),
+    ({"nodes": 0}, "'runtime.nodes' must be an integer >= 1, got 0"),
+    ({"rdzv_endpoint": "node001"}, r"'runtime.rdzv_endpoint' must be none or host:port \(e.g. node001:29500\)"),
+    ({"rdzv_endpoint": "node001:http"}, "'runtime.rdzv_endpoint' must be none or host:port"),
+    ({"rdzv_endpoint": "node001:70000"}, r"with a port in \[1, 65535\], got 'node001:70000'"),
+    ({"rdzv_endpoint": ":29500"}, "'runtime.rdzv_endpoint' must be none or host:port"),
+    ({"rdzv_endpoint": "my node:29500"}, "'runtime.rdzv_endpoint' must be none or host:port"),
+    ({"rdzv_id": ""}, "'runtime.rdzv_id' must be a non-empty string"),
+])
+def test_bad_multi_node_params_name_the_key(runtime, message):
+    with pytest.raises(ParamsError, match=message):
+        validate(tiny_params(runtime=runtime))
+
+
+def test_good_rendezvous_endpoints_pass():
+    for endpoint in ("node001:29500", "10.1.2.3:29500", "[fe80::1]:29500", "gpu-01.cluster.local:1"):
+        validate(tiny_params(runtime={"nodes": 2, "rdzv_endpoint": endpoint}))
+
+
+def test_train_stage_with_a_bad_endpoint_exits_nonzero_with_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(runtime={"nodes": 2,
+                                                                              "rdzv_endpoint": "node001"})))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--scale", "1.0", "--out", "m",
+                           "--checkpoint", "c.pt", "--live", "live"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "'runtime.rdzv_endpoint' must be none or host:port" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m").exists()
 
 
 def test_unknown_and_missing_keys():

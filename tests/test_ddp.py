@@ -1,14 +1,20 @@
 """Multi-process training: torchrun + DDP on the CPU (gloo, 2 processes) against one process
-with the whole batch, the sharded sample stream, and the stage scripts' torchrun relaunch.
+with the whole batch, the sharded sample stream, and the stage scripts' torchrun relaunch, on
+one node and on two "nodes" (two stage commands meeting at a c10d rendezvous on localhost).
 
 Run as a script (``python -m torch.distributed.run ... tests/test_ddp.py WS OUT``) this file
-is the worker of :func:`test_two_processes_match_one_process_with_twice_the_batch`.
+is the worker of :func:`test_two_processes_match_one_process_with_twice_the_batch`; with
+``HMS_TEST_STAGE=stages/x.py`` in the environment it runs that stage script instead, with
+samples made independent (see :func:`stage_worker`).
 """
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from conftest import tiny_params  # noqa: E402
 
 from hms_core.data import StreamSampler, prepare_dataset  # noqa: E402
-from hms_core.distributed import process_group, torchrun_command  # noqa: E402
+from hms_core.distributed import process_group, relaunch_under_torchrun, torchrun_command  # noqa: E402
 from hms_core.engine import Interrupted, seed_everything  # noqa: E402
 from hms_core.hms import HMS  # noqa: E402
 from hms_core.io import load_checkpoint, save_checkpoint  # noqa: E402
@@ -36,6 +42,7 @@ WORLD = 2        # processes
 BATCH = 1        # per-process batch of the comparison run
 TRAIN_STEPS, FINETUNE_STEPS, STOP_AFTER = 4, 3, 2
 TIMEOUT = 180
+STAGE_ENV = "HMS_TEST_STAGE"  # stage script that this file, run as a script, runs patched
 
 
 def _fixed_statistics_batch_norm(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -114,6 +121,18 @@ def worker(ws: Path, out: Path) -> None:
         (out / f"rank{ctx.rank}.json").write_text(json.dumps(report))
 
 
+def stage_worker(script: str) -> None:
+    """Run the stage script ``script`` as ``__main__`` with samples made independent.
+
+    ``sys.argv[0]`` stays this file (``runpy.run_path`` would set it to ``script``), so the
+    stage's torchrun relaunch re-executes this wrapper (environment included) and every
+    process of the job runs patched.
+    """
+    make_samples_independent()
+    code = compile(Path(script).read_text(), script, "exec")
+    exec(code, {"__name__": "__main__", "__file__": script})
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     """A tiny prepared dataset (4 training images)."""
@@ -134,10 +153,68 @@ def _params(ws: Path, batch: int, gpus: int) -> dict:
     return params
 
 
+@dataclass
+class Reference:
+    """One process with the whole batch (``WORLD * BATCH``): what the multi-process runs must match."""
+
+    params: dict
+    out: Path
+    train_loss: dict
+    finetune_loss: dict
+
+
+@pytest.fixture(scope="module")
+def reference(ws, tmp_path_factory) -> Reference:
+    """Train and fine-tune once in this process, shared by the multi-process tests."""
+    params = _params(ws, WORLD * BATCH, 1)
+    ref = tmp_path_factory.mktemp("ref")
+    train_curve, finetune_curve = Curve(ref / "train_live"), Curve(ref / "finetune_live")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        make_samples_independent(monkeypatch)
+        _train_and_finetune(params, ws / "prepared", ref, train_curve, finetune_curve)
+    return Reference(params, ref, train_curve.loss, finetune_curve.loss)
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def _run_together(cmd: list[str], copies: int, cwd: Path, env: dict[str, str]) -> list[str]:
+    """Run ``copies`` instances of ``cmd`` at once (as ``copies`` nodes would); their stdouts.
+
+    Output goes to files, not pipes: a full pipe would stall one node and, at the
+    rendezvous or in an all-reduce, all of them. One node failing would leave the
+    others waiting for it, so every instance is killed at the first failure or at
+    the timeout.
+    """
+    logs = [(cwd / f"node{i}.out", cwd / f"node{i}.err") for i in range(copies)]
+    procs = []
+    for out, err in logs:
+        with out.open("w") as stdout, err.open("w") as stderr:
+            procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr))
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+            assert time.monotonic() < deadline, f"{' '.join(cmd)}: {copies} nodes still running after {TIMEOUT} s"
+            time.sleep(0.2)
+        for i, (proc, (out, err)) in enumerate(zip(procs, logs)):
+            assert proc.returncode == 0, f"node {i}: {' '.join(cmd)} failed ({proc.returncode}):\n" \
+                                         f"{out.read_text()[-3000:]}\n{err.read_text()[-3000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [out.read_text() for out, _ in logs]
+
+
+def _free_port() -> int:
+    """A TCP port free on localhost now (the rendezvous binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _assert_weights_close(got: dict, want: dict, start: dict, what: str) -> None:
@@ -150,17 +227,20 @@ def _assert_weights_close(got: dict, want: dict, start: dict, what: str) -> None
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{what} {k}: {m}")
 
 
-def test_two_processes_match_one_process_with_twice_the_batch(ws, tmp_path, monkeypatch):
+def _assert_expert_matches(model: Path, reference: Reference) -> None:
+    """The expert weights in ``model`` are the single-process reference's."""
+    seed_everything(reference.params["seed"])
+    start = build_seg_model(model_meta(reference.params)).state_dict()
+    _assert_weights_close(load_checkpoint(model)["state_dict"],
+                          load_checkpoint(reference.out / "expert.pt")["state_dict"], start, "expert")
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(ws, reference, tmp_path):
     (ws / "ddp.yaml").write_text(yaml.safe_dump(_params(ws, BATCH, WORLD)))
     out = tmp_path / "ddp"
     out.mkdir()
     _run(torchrun_command(WORLD, [__file__, str(ws), str(out)]), tmp_path)
-
-    make_samples_independent(monkeypatch)
-    params = _params(ws, WORLD * BATCH, 1)
-    ref = tmp_path / "ref"
-    train_curve, finetune_curve = Curve(ref / "train_live"), Curve(ref / "finetune_live")
-    _train_and_finetune(params, ws / "prepared", ref, train_curve, finetune_curve)
+    params, ref = reference.params, reference.out
 
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     # Both ranks stopped at the same step although only rank 0 got the signal, and resumed.
@@ -168,14 +248,12 @@ def test_two_processes_match_one_process_with_twice_the_batch(ws, tmp_path, monk
     assert f"at step {stop}" in reports[0]["stopped"] and f"at step {stop}" in reports[1]["stopped"]
     assert "on another rank" in reports[1]["stopped"]
     # The loss curves are those of the global batch (rows of the resumed run replace none).
-    for got, want in ((reports[0]["train"], train_curve.loss), (reports[0]["finetune"], finetune_curve.loss)):
+    for got, want in ((reports[0]["train"], reference.train_loss),
+                      (reports[0]["finetune"], reference.finetune_loss)):
         assert [int(s) for s in got] == list(want)
         assert list(got.values()) == pytest.approx(list(want.values()), rel=1e-5)
 
-    seed_everything(params["seed"])
-    start = build_seg_model(model_meta(params)).state_dict()
-    _assert_weights_close(load_checkpoint(out / "expert.pt")["state_dict"],
-                          load_checkpoint(ref / "expert.pt")["state_dict"], start, "expert")
+    _assert_expert_matches(out / "expert.pt", reference)
     torch.manual_seed(1)
     start = HMS(_hms_meta(params)).state_dict()
     _assert_weights_close(load_checkpoint(out / "hms.pt")["state_dict"],
@@ -212,6 +290,44 @@ def test_stage_scripts_relaunch_under_torchrun(ws, tmp_path):
     assert load_checkpoint(tmp_path / "hms.pt")["meta"]["pairs"] == [[0.5, 1.0], [1.0, 2.0]]
 
 
+def test_two_nodes_match_one_process_with_twice_the_batch(ws, reference, tmp_path):
+    """``runtime.nodes: 2`` with 1 process each: two copies of the same train stage command (the
+    two "nodes", on localhost) meet at a c10d rendezvous and train as one 2-process job."""
+    params = _params(ws, BATCH, 1)
+    params["runtime"].update(nodes=WORLD, rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_id="test-nodes")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, __file__, "--params", "params.yaml", "--prepared", str(ws / "prepared"),
+           "--scale", "1.0", "--out", "expert", "--checkpoint", "expert.ckpt", "--live", "train_live"]
+    env = {**os.environ, STAGE_ENV: str(ROOT / "stages" / "train.py")}
+    stdouts = _run_together(cmd, WORLD, tmp_path, env)
+
+    # One global rank 0, on one of the nodes, logs and writes (the folder is shared here).
+    assert sum(s.count("train: scale 1.0: 4 steps") for s in stdouts) == 1, stdouts
+    rows = [r.split("\t") for r in (tmp_path / "train_live" / "plots" / "metrics" / "loss.tsv")
+            .read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(reference.train_loss)
+    assert [float(r[-1]) for r in rows] == pytest.approx(list(reference.train_loss.values()), rel=1e-5)
+    _assert_expert_matches(tmp_path / "expert" / "model.pt", reference)
+    state = load_checkpoint(tmp_path / "expert.ckpt")
+    assert state["step"] == TRAIN_STEPS and state["run_id"]["world_size"] == WORLD
+
+
+def test_several_nodes_relaunch_with_a_c10d_rendezvous(monkeypatch):
+    """``runtime.nodes > 1``: torchrun meets the other nodes at the endpoint instead of ``--standalone``."""
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append(argv))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr("sys.argv", ["stages/train.py", "--scale", "1.0"])
+    relaunch_under_torchrun({"gpus": 4, "nodes": 3, "rdzv_endpoint": "node001:29500", "rdzv_id": "job7"},
+                            torch.device("cpu"))
+    argv, = calls
+    assert argv[1:] == ["-m", "torch.distributed.run", "--nnodes=3", "--nproc_per_node=4",
+                        "--rdzv_backend=c10d", "--rdzv_endpoint=node001:29500", "--rdzv_id=job7",
+                        os.path.abspath("stages/train.py"), "--scale", "1.0"]
+    with pytest.raises(ValueError, match="runtime.rdzv_endpoint: host:port where the 2 nodes meet"):
+        torchrun_command(1, ["stages/train.py"], nodes=2)
+
+
 @pytest.mark.parametrize("world, batch, start_step", [(2, 3, 0), (3, 2, 5), (4, 1, 7)])
 def test_shards_of_a_step_are_the_single_process_batch(world, batch, start_step):
     n, steps = 5, 11  # more positions than images: the permutation changes with the epoch
@@ -231,4 +347,7 @@ def test_sampler_rejects_a_rank_outside_the_world():
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    if os.environ.get(STAGE_ENV):
+        stage_worker(os.environ[STAGE_ENV])
+    else:
+        worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hms_core.evaluation import (Row, attention_means, evaluate, predict_rows, row_budget, row_specs,
-                                 table_rows, results)
+from hms_core.evaluation import (Row, attention_maps, attention_means, branches_match, evaluate, predict_rows,
+                                 predict_windows, row_budget, row_specs, table_rows, results, window_starts)
 from hms_core.explicit import ExplicitAttention
 from hms_core.hms import HMS, fuse_higher, hierarchical_fusion
 from hms_core.labels import build_grouping
@@ -90,7 +90,9 @@ def test_predict_rows_computes_each_row_by_its_formula(hms, image, tiny_meta):
             assert torch.allclose(scores[name], hms(image, chain), atol=1e-5)
         # TTA: the scale-1.0 expert at every scale, softmax probabilities averaged.
         one = hms.branch(1.0)
-        probs = [resize(one(resize_image(image, (round(24 * s), round(40 * s)))), size).softmax(1) for s in SCALES]
+        # The branch's logits at its output resolution, resized once to the image.
+        logits = [one.forward_features(resize_image(image, (round(24 * s), round(40 * s))))[0] for s in SCALES]
+        probs = [resize(p_s, size).softmax(1) for p_s in logits]
         assert torch.allclose(scores["tta_0.5-1.0-2.0"], torch.stack(probs).mean(0), atol=1e-5)
         assert torch.allclose(scores["tta_0.5-1.0-2.0"].sum(1), torch.ones(2, *size), atol=1e-5)
         assert torch.allclose(scores["explicit_0.5-1.0-2.0"], explicit(image), atol=1e-5)
@@ -138,6 +140,54 @@ def test_evaluate_accumulates_every_row_and_the_attention_per_class(hms, image):
     a = resize(outputs[0.5].attention, (24, 40))[:, 0]
     for c in range(5):
         assert means["a_0.5"][f"c{c}"] == pytest.approx(float(a[labels == c].mean()), rel=1e-5)
+
+
+def _explicit_from(hms: HMS, tiny_meta: dict) -> ExplicitAttention:
+    """An explicit model whose branches hold ``hms``'s weights (what frozen fine-tuning of the
+    same experts gives), with a random explicit head."""
+    explicit = ExplicitAttention({**tiny_meta, "mode": "experts", "scales": SCALES})
+    explicit.branches.load_state_dict(hms.branches.state_dict())
+    _randomise_bn(explicit.attention)
+    return explicit.eval()
+
+
+def test_explicit_row_fused_from_the_hms_pass_equals_its_own_pass(hms, image, tiny_meta):
+    explicit = _explicit_from(hms, tiny_meta)
+    assert branches_match(hms, explicit)
+    rows = row_specs(SCALES, CHAINS, explicit_scales=SCALES)
+    name = "explicit_0.5-1.0-2.0"
+    reused, _ = predict_rows(hms, image, rows, explicit, reuse_explicit=True)
+    own, _ = predict_rows(hms, image, rows, explicit)
+    assert torch.allclose(reused[name], own[name], atol=1e-5) and torch.allclose(own[name], explicit(image))
+    with torch.no_grad():  # fine-tuned branches (finetune.train_all) differ: no reuse
+        next(explicit.branch(2.0).parameters()).add_(0.1)
+    assert not branches_match(hms, explicit)
+
+
+def test_windows_cover_the_image_with_overlap():
+    assert window_starts(10, 16) == [0]
+    for length, window in ((40, 16), (24, 16), (100, 30), (17, 16)):
+        starts = window_starts(length, window)
+        covered = np.zeros(length, dtype=int)
+        for s in starts:
+            covered[s:s + window] += 1
+        assert covered.min() >= 1 and starts[-1] + window == length
+        assert all(b - a <= 2 * window // 3 for a, b in zip(starts, starts[1:]))  # at least 1/3 overlap
+
+
+def test_windowed_prediction_averages_the_windows_over_each_pixel(hms, image):
+    rows = row_specs(SCALES, CHAINS)
+    whole, maps = predict_windows(hms, image, rows, window=0)
+    scores, outputs = predict_rows(hms, image, rows)
+    assert all(torch.equal(whole[n], scores[n]) for n in rows)
+    assert maps.keys() == attention_maps(outputs, (24, 40)).keys()
+    windowed, wmaps = predict_windows(hms, image, rows, window=16)  # 24 x 40: 2 x 4 windows
+    left, _ = predict_rows(hms, image[..., :16, :16], rows)
+    for n in rows:
+        assert windowed[n].shape == scores[n].shape
+        # Pixels (0..7, 0..9) lie in the first window only.
+        assert torch.allclose(windowed[n][..., :8, :10], left[n][..., :8, :10], atol=1e-5)
+    assert set(wmaps) == {0.5, 1.0} and all(0 < float(a.min()) and float(a.max()) < 1 for a in wmaps.values())
 
 
 def test_evaluate_under_bfloat16_autocast_agrees_with_float32(hms, image):

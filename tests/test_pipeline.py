@@ -61,6 +61,22 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in out
 
 
+def test_a_test_split_in_the_data_root_is_neither_hashed_nor_a_reason_to_rerun(repo):
+    # Cityscapes ships leftImg8bit/test and gtFine/test; the pipeline never reads them.
+    root = repo / "data" / "raw" / "synthetic"
+    for kind in ("leftImg8bit", "gtFine"):
+        (root / kind / "test" / "city").mkdir(parents=True)
+        (root / kind / "test" / "city" / "extra.png").write_bytes(b"not read")
+    try:
+        out = run_command(["dvc", "status"], repo)
+        assert "changed" not in out and "up to date" in out
+    finally:
+        for kind in ("leftImg8bit", "gtFine"):
+            for p in sorted((root / kind / "test").rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+            (root / kind / "test").rmdir()
+
+
 def test_push_then_pull_in_a_fresh_clone_restores_models_and_metrics(repo):
     """The default remote (a local folder beside the repository) carries every output: a fresh
     clone pulls models, data and checkpoints, and `dvc repro` then has nothing to do."""

@@ -34,6 +34,18 @@ def test_camvid_preset_is_valid_and_its_label_map_covers_every_class():
     assert all(lut[i] != 255 for i in range(n))
 
 
+def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    gpu, synthetic = "presets/cityscapes_gpu.yaml", "presets/synthetic_1024x2048.yaml"
+    assert preset_main([gpu, synthetic, "--dry-run"]) == 0
+    command = capsys.readouterr().err
+    assert "-S trunk=resnet50" in command and "-S output_stride=8" in command
+    assert "-S train.steps=200" in command and "-S train.steps=20000" not in command  # the later file wins
+    assert "-S data.synthetic.height=1024 -S data.synthetic.width=2048" in command
+    params = validate(merged(tiny_params(), yaml.safe_load((ROOT / gpu).read_text())))
+    assert params["model"]["head_channels"] == 256 and params["train"]["crop"] == 1024
+
+
 def test_bad_preset_is_refused_before_dvc_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     bad = tmp_path / "bad.yaml"

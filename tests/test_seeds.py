@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,58 @@ def test_real_dvc_experiments(tmp_path):
     proc = _run(seeds_cmd + ["--all"], repo)
     assert proc.stdout.count("### ") == 1
     assert "params.yaml with lr=0.2: fewer than 2 seeds (seeds: 1), not shown" in proc.stderr
+
+
+SWEEP_GEN = '''\
+import json, os, yaml
+p = yaml.safe_load(open("params.yaml"))
+base = {"resnet50": 0.70, "mobilenet_v3_large": 0.60}[p["trunk"]]
+rows = {"scale_1.0": {"mIoU": base - 0.05, "pixel_acc": 0.80},
+        "hms_0.5-1.0-2.0": {"mIoU": base + 0.01 * p["seed"], "pixel_acc": 0.90}}
+os.makedirs("metrics", exist_ok=True)
+with open("metrics/eval.json", "w") as f:
+    json.dump(rows, f, indent=2)
+'''
+
+# The README's sweep commands, on a one-stage pipeline that writes eval.json from its params.
+SWEEP = ["dvc", "exp", "run", "--queue", "-S", "trunk=resnet50,mobilenet_v3_large", "-S", "seed=0,1"]
+SHOW = ["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", r"Experiment|^trunk$|^seed$|hms_0\.5-1\.0-2\.0\.mIoU"]
+
+
+def _wait_for_queue(repo: Path, timeout: float = 300.0) -> str:
+    """``dvc queue start`` returns at once and a worker runs the tasks: poll until none is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = _run(["dvc", "queue", "status"], repo).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue not finished after {timeout} s:\n{status}")
+
+
+def test_queued_sweep_over_trunks_and_seeds(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "gen.py").write_text(SWEEP_GEN)
+    (repo / "dvc.yaml").write_text(DVC_YAML.replace("[seed, lr]", "[seed, trunk]"))
+    params = "seed: 0\ntrunk: mobilenet_v3_large\n"
+    (repo / "params.yaml").write_text(params)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-q", "-m", "init"]):
+        _run(cmd, repo)
+    assert _run(SWEEP, repo).stdout.count("Queued experiment") == 4  # the 2 x 2 grid
+    assert (repo / "params.yaml").read_text() == params  # queueing leaves the workspace alone
+    _run(["dvc", "queue", "start", "--jobs", "1"], repo)
+    assert _wait_for_queue(repo).count("Success") == 4
+
+    lines = _run(SHOW, repo).stdout.splitlines()
+    assert lines[0] == "Experiment,hms_0.5-1.0-2.0.mIoU,seed,trunk"
+    runs = sorted(tuple(line.split(",")[1:]) for line in lines[1:] if line.split(",")[0])
+    assert runs == [("0.6", "0", "mobilenet_v3_large"), ("0.61", "1", "mobilenet_v3_large"),
+                    ("0.7", "0", "resnet50"), ("0.71", "1", "resnet50")]
+
+    out = _run([sys.executable, "-m", "hms_core.seeds", "--all"], repo).stdout
+    workspace, resnet = out.split("### params.yaml with trunk=\"resnet50\"")
+    assert "| hms_0.5-1.0-2.0 | 2 | 60.50 ± 0.71 | 90.00 ± 0.00 |" in workspace
+    assert "| hms_0.5-1.0-2.0 | 2 | 70.50 ± 0.71 | 90.00 ± 0.00 |" in resnet
+    assert "| scale_1.0 | 2 | +5.50 ± 0.71 | 2/2 |" in resnet

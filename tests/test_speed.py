@@ -81,6 +81,29 @@ def test_cpu_leaves_cudnn_autotuning_alone(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
 
 
+def test_deterministic_cuda_fixes_the_cublas_workspace(monkeypatch):
+    """``deterministic: true`` on CUDA: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless the environment
+    sets it, deterministic algorithms with warn_only (some CUDA backward kernels have none),
+    no cuDNN autotuning. On the CPU no environment change; not deterministic: autotuning."""
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, warn_only=False: calls.append((mode, warn_only)))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    configure_backends(torch.device("cpu"), deterministic=True)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.backends.cudnn.benchmark is True
+    configure_backends(torch.device("cuda"), deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.backends.cudnn.benchmark is False
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    configure_backends(torch.device("cuda", 0), deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert calls == [(True, True)] * 3
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    configure_backends(torch.device("cuda"), deterministic=False)
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.backends.cudnn.benchmark is True
+    assert len(calls) == 3
+
+
 def test_saved_weights_are_in_the_default_layout(tiny_meta):
     model = build_seg_model(tiny_meta)
     want = {k: v.clone() for k, v in model.state_dict().items()}
