@@ -14,7 +14,7 @@ Rows (19 classes, ResNet-50 trunk, DeepLabV3+ head of 256 channels):
 * HMS eval 3 scales (0.5, 1.0, 2.0): inference on 1024x2048 images, with the
   projected time for the 500 Cityscapes val images.
 
-The project's rows run its own step (loss modules of ``hms_core.training``, the
+The project's rows run its own step (loss modules of ``hms_core.losses``, the
 ``runtime`` speed settings of ``hms_core.speed``: ``--amp``, ``--no-channels-last``,
 ``--compile``); training rows use the largest batch of 8, 4, 2 that fits. Inputs
 are random tensors already on the device, so data loading is not measured.
@@ -42,9 +42,9 @@ from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
 from hms_core.engine import optimizer_step  # noqa: E402
 from hms_core.hms import HMS  # noqa: E402
+from hms_core.losses import ExpertLoss, PairLoss  # noqa: E402
 from hms_core.model import build_seg_model  # noqa: E402
 from hms_core.speed import AMP_MODES, Speed, configure_backends  # noqa: E402
-from hms_core.training import ExpertLoss, PairLoss  # noqa: E402
 
 NUM_CLASSES = 19
 VAL_IMAGES = 500

@@ -14,8 +14,8 @@ from hms_core.data import (IGNORE, PAD_RGB, STD, CropPlan, DataError, StreamSamp
                            random_scale_crop_flip, read_index, training_inputs)
 from hms_core.labels import build_grouping
 from hms_core.speed import Speed
+from hms_core.streams import sample_stream
 from hms_core.synthetic import generate_dataset
-from hms_core.training import _stream
 
 # PIL resamples in 8-bit fixed point and rounds after each of its two passes: within 1 of
 # 255 of the float resize, which normalisation divides by 255 * std.
@@ -118,19 +118,19 @@ def test_normalise_on_cuda_gives_the_cpu_bits():
 
 
 def test_the_stream_is_the_same_for_any_worker_count(index):
-    """Every training stream's batches (``training._stream``): model inputs, the same crops with
+    """Every training stream's batches (``streams.sample_stream``): model inputs, the same crops with
     0 or 2 workers, other crops with another seed."""
     cfg = {"batch_size": 2, "steps": 3}
     speed, ctx = Speed(torch.device("cpu")), distributed.current()
 
     def stream(workers: int, seed: int = 5) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return list(_stream(TrainSet(index, 2.0, 24, [0.75, 1.25], True, seed), cfg, 0, workers, speed, ctx))
+        return list(sample_stream(TrainSet(index, 2.0, 24, [0.75, 1.25], True, seed), cfg, 0, workers, speed, ctx))
 
     inline, forked = stream(0), stream(2)
     assert len(inline) == 3 and inline[0][0].dtype == torch.float32 and inline[0][1].dtype == torch.int64
     assert all(torch.equal(a, b) for (xa, ya), (xb, yb) in zip(inline, forked) for a, b in ((xa, xb), (ya, yb)))
     assert not torch.equal(inline[0][0], stream(0, seed=6)[0][0])
-    resumed = list(_stream(TrainSet(index, 2.0, 24, [0.75, 1.25], True, 5), cfg, 1, 0, speed, ctx))
+    resumed = list(sample_stream(TrainSet(index, 2.0, 24, [0.75, 1.25], True, 5), cfg, 1, 0, speed, ctx))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(inline[1:], resumed))
 
 

@@ -326,8 +326,14 @@ def test_queued_sweep_over_trunks_and_seeds(tmp_path):
         _run(cmd, repo)
     assert _run(SWEEP, repo).stdout.count("Queued experiment") == 4  # the 2 x 2 grid
     assert (repo / "params.yaml").read_text() == params  # queueing leaves the workspace alone
-    _run(["dvc", "queue", "start", "--jobs", "1"], repo)
-    assert _wait_for_queue(repo).count("Success") == 4
+    # The worker `dvc queue start` spawns may outlive it, holding its output pipes: no capture.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["dvc", "queue", "start", "--jobs", "1"], cwd=repo, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for_queue(repo).count("Success") == 4
+    finally:
+        _run(["dvc", "queue", "stop"], repo, check=False)
 
     lines = _run(SHOW, repo).stdout.splitlines()
     assert lines[0] == "Experiment,hms_0.5-1.0-2.0.mIoU,seed,trunk"
