@@ -34,13 +34,16 @@ COST_COLUMNS = ["params (M)", "ms/image", "peak MB"]
 def main(args: argparse.Namespace, params: dict) -> None:
     runtime = params["runtime"]
     seed_everything(params["seed"], runtime["deterministic"])
-    cfg, scales, chains = params["evaluate"], params["scales"], params["evaluate"]["hms_scales"]
+    cfg, chains = params["evaluate"], params["evaluate"]["hms_scales"]
     device = resolve_device(runtime["device"])
     configure_backends(device, runtime["deterministic"])
     speed = Speed.from_runtime(runtime, device)
     model = load_hms(args.model)
     explicit = load_hms(args.explicit, ExplicitAttention) if args.explicit else None
     grouping = build_grouping(model.meta["grouping"])
+    # The scales the model runs at: the experts', or in shared mode every scale of the chains
+    # (single-scale and pooling rows then run the one model at each of them).
+    scales = model.scales
     rows = row_specs(scales, chains, explicit.scales if explicit else None, cfg["flip"])
     dataset = EvalSet(read_index(args.prepared, "val"))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg["batch_size"], num_workers=runtime["workers"],

@@ -142,3 +142,17 @@ def test_predict_on_val_images(repo, tmp_path):
         for suffix in ("classIds", "labelIds", "overlay", "attention_0.5", "attention_1.0"):
             with Image.open(out / f"{image.stem}_{suffix}.png") as im:
                 assert im.size == size, (image.name, suffix)
+
+
+def test_shared_mode_trains_one_model_end_to_end(repo):
+    # The paper's model: one expert (scale 1.0), then the pairs train it and the attention
+    # together. Last in this file: the run leaves its params and models in the workspace.
+    out = run_command(["dvc", "exp", "run", "-S", "hms.mode=shared", "-S", "scales=[1.0]",
+                       "-S", "finetune.train_all=true"], repo)
+    assert "Running stage 'train@1.0'" in out and "train@0.5" not in out and "train@2.0" not in out
+    results = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert list(results) == ROWS  # the one model runs at every scale of the chains
+    table = {r["row"]: r for r in csv.DictReader(io.StringIO((repo / "metrics" / "table.csv").read_text()))}
+    # One model of 3 steps x batch 2; the pairs' fine-tuning (1 pair x 2 steps x 2) trained all of it,
+    # so every row that runs it counts those images too.
+    assert {(r["train images"], r["finetune images"]) for r in table.values()} == {("6", "4")}
