@@ -68,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
     p.add_argument("dvc_args", nargs="*", help="after --: more arguments for dvc exp run")
-    args = p.parse_args(argv)
+    # Split at "--" first: the preset list is variadic too, so argparse alone cannot tell them apart.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
+    args.dvc_args = argv[cut + 1:]
     try:
         preset: dict[str, Any] = {}
         for path in args.presets:

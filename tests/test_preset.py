@@ -37,8 +37,9 @@ def test_camvid_preset_is_valid_and_its_label_map_covers_every_class():
 def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     gpu, synthetic = "presets/cityscapes_gpu.yaml", "presets/synthetic_1024x2048.yaml"
-    assert preset_main([gpu, synthetic, "--dry-run"]) == 0
+    assert preset_main([gpu, synthetic, "--dry-run", "--", "-S", "seed=1", "--name", "gpu-s1"]) == 0
     command = capsys.readouterr().err
+    assert command.rstrip().endswith("-S data.synthetic.width=2048 -S seed=1 --name gpu-s1")  # after --: to dvc
     assert "-S trunk=resnet50" in command and "-S output_stride=8" in command
     assert "-S train.steps=200" in command and "-S train.steps=20000" not in command  # the later file wins
     assert "-S data.synthetic.height=1024 -S data.synthetic.width=2048" in command
