@@ -140,7 +140,7 @@ def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit
     scores = {}
     for name, row in rows.items():
         if row.kind == "explicit":
-            scores[name] = (resize(explicit.fuse(passes[own])[0], size) if fused_from_pass and not row.flip
+            scores[name] = (explicit.fuse(passes[own], size)[0] if fused_from_pass and not row.flip
                             else _explicit_scores(explicit, image, row.flip))
             continue
         out = passes[_pass_key(model, row)]

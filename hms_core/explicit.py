@@ -35,22 +35,21 @@ class ExplicitAttention(HMS):
     def explicit_forward(self, image: torch.Tensor
                          ) -> tuple[torch.Tensor, dict[float, torch.Tensor], torch.Tensor]:
         """Return ``(P, {s: p_s}, w)`` for ``image`` at scale 1.0; ``P`` and ``w`` at its size."""
-        size = tuple(image.shape[-2:])
         outputs = multiscale_forward(self, image, self.scales, attention=False, features=True)
-        fused, weights = self.fuse(outputs)
-        return resize(fused, size), {s: o.logits for s, o in outputs.items()}, resize(weights, size)
+        fused, weights = self.fuse(outputs, tuple(image.shape[-2:]))
+        return fused, {s: o.logits for s, o in outputs.items()}, weights
 
-    def fuse(self, outputs: dict[float, ScaleOutput]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P, w)`` at the scale-1.0 features' resolution from every scale's logits and decoder
-        features: ``w = softmax_s(head(concat_s features_s))``, ``P = sum_s w_s * resize(p_s)``.
+    def fuse(self, outputs: dict[float, ScaleOutput], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, w)`` at ``size`` from every scale's logits and decoder features:
+        ``w = softmax_s(head(concat_s features_s))``, ``P = sum_s w_s * up(p_s)``.
 
         ``outputs`` may come from another model's pass when its branches hold the
         same weights (evaluation then runs each scale once for HMS and explicit rows).
         """
         ordered = [outputs[s] for s in sorted(self.scales)]
         ref = tuple(outputs[1.0].features.shape[-2:])
-        weights = self.attention[EXPLICIT](torch.cat([resize(o.features, ref) for o in ordered], 1))
-        fused = sum(weights[:, i:i + 1] * resize(o.logits, ref) for i, o in enumerate(ordered))
+        weights = resize(self.attention[EXPLICIT](torch.cat([resize(o.features, ref) for o in ordered], 1)), size)
+        fused = sum(weights[:, i:i + 1] * resize(o.logits, size) for i, o in enumerate(ordered))
         return fused, weights
 
     def forward(self, image: torch.Tensor, scales: Any = None) -> torch.Tensor:

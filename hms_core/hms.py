@@ -58,8 +58,7 @@ def hierarchical_fusion(outputs: dict[float, Sequence[torch.Tensor | None]]) -> 
     """N-scale inference chain over ``{scale: (p_s, a_s, ...)}``; ``1.0`` must be present.
 
     Scales are visited from high to low; ``pred`` starts as the highest scale's
-    logits (its attention is unused). The result is at the resolution of the
-    scale-1.0 logits (the branch output, stride 4 of the image for DeepLabV3+).
+    logits (its attention is unused). The result is at the scale-1.0 resolution.
     """
     scales = sorted(outputs, reverse=True)
     if 1.0 not in outputs:
@@ -117,7 +116,7 @@ class HMS(nn.Module):
 
     def scale_forward(self, image: torch.Tensor, scale: float, attention: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run one scale on the full image: ``(p_s, a_s)`` at the branch's output resolution.
+        """Run one scale on the full image: ``(p_s, a_s)`` at the size of ``image`` resized by ``scale``.
 
         ``a_s`` is ``None`` when the scale has no attention head (experts' top scale)
         or ``attention`` is False.
@@ -130,8 +129,7 @@ class HMS(nn.Module):
         """Two-scale training forward on an image already resized to scale ``hi``.
 
         Returns ``(joint, p_lo, p_hi, a_lo)`` with
-        ``joint = up(a_lo * p_lo) + (1 - up(a_lo)) * p_hi`` at ``p_hi``'s resolution (the
-        loss resizes every term to the label).
+        ``joint = up(a_lo * p_lo) + (1 - up(a_lo)) * p_hi`` at ``image_hi``'s size.
         """
         size_hi = tuple(image_hi.shape[-2:])
         p_hi = self.branch_forward(image_hi, hi, size_hi, attention=False).logits
@@ -143,7 +141,7 @@ class HMS(nn.Module):
     def branch_forward(self, image: torch.Tensor, scale: float, size: tuple[int, int], attention: bool = True,
                        features: bool = False) -> ScaleOutput:
         """Branch (and attention head) of ``scale`` on ``image`` resized to ``size``; ``p_s`` and
-        ``a_s`` at the branch's output resolution (stride 4 of ``size`` for DeepLabV3+).
+        ``a_s`` at ``size``.
 
         ``a_s`` is None when ``attention`` is False or the scale has no head; the
         decoder features are kept only when ``features`` is True.
@@ -153,7 +151,7 @@ class HMS(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.branches_frozen):
             logits, feats = self.branch(scale).forward_features(x)
         key = self.attention_key(scale) if attention else None
-        a = None if key is None else resize(self.attention[key](feats), tuple(logits.shape[-2:]))
+        a = None if key is None else resize(self.attention[key](feats), tuple(x.shape[-2:]))
         return ScaleOutput(logits, a, feats if features else None)
 
     def forward(self, image: torch.Tensor, scales: Sequence[float] = (0.5, 1.0)) -> torch.Tensor:

@@ -9,8 +9,7 @@ For scale ``s`` the image is resized by ``s`` (:func:`hms_core.model.resize_imag
 the resize of training) and run through the branch of ``s`` (or of
 ``source_scale``: the one-model multi-scale baseline runs the scale-1.0 model at
 every scale). ``p_s`` are the class logits and ``a_s`` the attention, both at
-the branch's output resolution (stride 4 of the resized image for DeepLabV3+):
-consumers resize once, to the size they need. The highest scale's attention is never read by
+the size of the resized image. The highest scale's attention is never read by
 the HMS chain (it has no higher scale to defer to), so it is not computed.
 """
 from __future__ import annotations

@@ -90,7 +90,6 @@ def test_predict_rows_computes_each_row_by_its_formula(hms, image, tiny_meta):
             assert torch.allclose(scores[name], hms(image, chain), atol=1e-5)
         # TTA: the scale-1.0 expert at every scale, softmax probabilities averaged.
         one = hms.branch(1.0)
-        # The branch's logits at its output resolution, resized once to the image.
         logits = [one.forward_features(resize_image(image, (round(24 * s), round(40 * s))))[0] for s in SCALES]
         probs = [resize(p_s, size).softmax(1) for p_s in logits]
         assert torch.allclose(scores["tta_0.5-1.0-2.0"], torch.stack(probs).mean(0), atol=1e-5)

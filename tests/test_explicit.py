@@ -3,7 +3,6 @@ import torch
 
 from hms_core.explicit import EXPLICIT, ExplicitAttention, explicit_loss
 from hms_core.model import resize
-from hms_core.multiscale import multiscale_forward
 from hms_core.transplant import transplant
 from test_hms import _experts
 
@@ -15,12 +14,9 @@ def test_explicit_fusion_is_a_softmax_weighted_sum(tiny_meta):
         fused, logits, weights = model.explicit_forward(image)
     assert fused.shape == (2, 5, 32, 48) and weights.shape == (2, 3, 32, 48)
     assert torch.allclose(weights.sum(1), torch.ones(2, 32, 48), atol=1e-5)
-    # Fused at the scale-1.0 features' resolution (stride 4), then resized to the image.
-    low, w_low = model.fuse(multiscale_forward(model, image, [0.5, 1.0, 2.0], attention=False, features=True))
-    expected = sum(w_low[:, i:i + 1] * resize(logits[s], (8, 12)) for i, s in enumerate([0.5, 1.0, 2.0]))
-    assert torch.allclose(low, expected, atol=1e-6)
-    assert torch.allclose(fused, resize(low, (32, 48))) and torch.allclose(weights, resize(w_low, (32, 48)))
-    assert logits[2.0].shape[-2:] == (16, 24) and logits[0.5].shape[-2:] == (4, 6)
+    expected = sum(weights[:, i:i + 1] * resize(logits[s], (32, 48)) for i, s in enumerate([0.5, 1.0, 2.0]))
+    assert torch.allclose(fused, expected, atol=1e-6)
+    assert logits[2.0].shape[-2:] == (64, 96) and logits[0.5].shape[-2:] == (16, 24)
 
 
 def test_explicit_head_reads_all_scales_and_trains_alone(tmp_path, tiny_meta):

@@ -58,8 +58,7 @@ def test_seg_model_logits_at_input_size_and_features_at_stride_4():
     model = build_seg_model(MIT_META).eval()
     with torch.no_grad():
         logits, features = model.forward_features(torch.randn(2, 3, 64, 64))
-        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64, 64)
-    assert logits.shape == (2, 5, 16, 16)  # the decoder's resolution
+    assert logits.shape == (2, 5, 64, 64)
     assert features.shape == (2, 16, 16, 16)  # head_channels wide, at stride 4: what attention reads
     # The head's own classifier is dropped: the 1x1 class classifier is the model's.
     assert not any(k.startswith("head.decoder.classifier") for k in model.state_dict())
@@ -79,8 +78,8 @@ def test_hms_forward_pair_and_attention(hms_model):
     with torch.no_grad():
         assert hms_model(image, SCALES).shape == (1, 5, 64, 64)
         joint, p_lo, p_hi, a_lo = hms_model.pair_forward(image, 0.5, 1.0)
-    assert joint.shape == p_hi.shape == (1, 5, 16, 16)  # stride 4 of the scale-1.0 input
-    assert p_lo.shape == (1, 5, 8, 8) and a_lo.shape == (1, 1, 8, 8)
+    assert joint.shape == p_hi.shape == (1, 5, 64, 64)
+    assert p_lo.shape == (1, 5, 32, 32) and a_lo.shape == (1, 1, 32, 32)
     assert ((a_lo > 0) & (a_lo < 1)).all()
     hms_pair_loss(joint, p_lo, p_hi, torch.zeros(1, 64, 64, dtype=torch.long), 0.05)
 
@@ -93,7 +92,7 @@ def test_transplant_round_trip_reproduces_each_expert(hms_model, experts, tmp_pa
         with torch.no_grad():
             p_s, _ = hms_model.scale_forward(image, s)
             x = resize_image(image, scaled_size(tuple(image.shape[-2:]), s))
-            assert torch.allclose(p_s, expert.eval().forward_features(x)[0], atol=1e-6)
+            assert torch.allclose(p_s, expert.eval()(x), atol=1e-6)
     # Saved and reloaded like the finetune stage's output, the model computes the same.
     saved = tmp_path / "hms.pt"
     save_checkpoint(saved, {"meta": hms_model.meta, "state_dict": hms_model.state_dict()})
