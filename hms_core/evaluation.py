@@ -194,20 +194,25 @@ def predict_windows(model: HMS, image: torch.Tensor, rows: dict[str, Row], expli
     if window <= 0 or max(size) <= window:
         scores, outputs = predict_rows(model, image, rows, explicit, reuse_explicit)
         return scores, attention_maps(outputs, size)
-    sums: dict[Any, torch.Tensor] = {}
+    score_sums: dict[str, torch.Tensor] = {}
+    map_sums: dict[float, torch.Tensor] = {}
     count = torch.zeros(size, device=image.device)
+
+    def add(sums: dict, key: Any, value: torch.Tensor, y: int, x: int) -> None:
+        if key not in sums:
+            sums[key] = value.new_zeros((*value.shape[:2], *size))
+        sums[key][..., y:y + value.shape[-2], x:x + value.shape[-1]] += value
+
     for y in window_starts(size[0], window):
         for x in window_starts(size[1], window):
             crop = image[..., y:y + window, x:x + window]
             scores, outputs = predict_rows(model, crop, rows, explicit, reuse_explicit)
-            parts = {**scores, **attention_maps(outputs, tuple(crop.shape[-2:]))}
-            for key, value in parts.items():
-                if key not in sums:
-                    sums[key] = value.new_zeros((*value.shape[:2], *size))
-                sums[key][..., y:y + crop.shape[-2], x:x + crop.shape[-1]] += value
+            for name, score in scores.items():
+                add(score_sums, name, score, y, x)
+            for s, a in attention_maps(outputs, tuple(crop.shape[-2:])).items():
+                add(map_sums, s, a, y, x)
             count[y:y + crop.shape[-2], x:x + crop.shape[-1]] += 1
-    averaged = {key: value / count for key, value in sums.items()}
-    return ({n: averaged[n] for n in rows}, {k: v for k, v in averaged.items() if not isinstance(k, str)})
+    return ({n: v / count for n, v in score_sums.items()}, {s: v / count for s, v in map_sums.items()})
 
 
 @dataclass
