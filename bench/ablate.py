@@ -85,9 +85,9 @@ def main() -> None:
                      "mIoU": round(100 * res["mIoU"], 2), "accuracy": round(100 * res["pixel_acc"], 2),
                      **{f"IoU {c}": round(100 * v, 1) for c, v in res["iou"].items()}})
         print(f"ablate: {name}: mIoU {100 * res['mIoU']:.2f} in {wall:.0f} s", file=sys.stderr)
+        if args.json:  # after every variant: a long sweep stopped half way keeps what it measured
+            write_json(args.json, report)
     print(markdown_table(rows, list(rows[0])))
-    if args.json:
-        write_json(args.json, report)
 
 
 if __name__ == "__main__":
