@@ -100,6 +100,19 @@ def number_pair(key: str, v: Any) -> None:
         _fail(key, "a pair [low, high] of positive numbers with low <= high", v)
 
 
+def scale_pairs(key: str, v: Any) -> None:
+    """A non-empty list of distinct pairs ``[lo, hi]`` of positive scales with ``lo < hi``."""
+    expected = "a non-empty list of distinct pairs [low, high] of positive scales with low < high, e.g. [[0.5, 1.0]]"
+    if not (isinstance(v, list) and v):
+        _fail(key, expected, v)
+    for pair in v:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_number(x) and x > 0 for x in pair)
+                and pair[0] < pair[1]):
+            _fail(key, expected, v)
+    if len({tuple(map(float, p)) for p in v}) != len(v):
+        _fail(key, expected, v)
+
+
 def int_list(key: str, v: Any) -> None:
     if not (isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
         _fail(key, "a non-empty list of positive integers", v)
@@ -152,7 +165,7 @@ SCHEMA: dict[str, Any] = {
                 "amp": choice("bf16", "fp16", "none"), "channels_last": boolean, "compile": boolean,
                 "gpus": integer(1), "nodes": integer(1), "rdzv_endpoint": host_port, "rdzv_id": string},
     "train": OPTIMIZATION,
-    "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pair": number_pair},
+    "hms": {"mode": choice(*MODES), "shared_source_scale": number(positive=True), "shared_pairs": scale_pairs},
     "finetune": {**OPTIMIZATION, "train_all": boolean, "aux_weight": number(low=0.0)},
     "evaluate": {"hms_scales": list_of(scale_list), "flip": boolean, "batch_size": integer(1),
                  "official_check": boolean, "pictures": integer(0), "costs": boolean, "window": integer(0)},

@@ -92,9 +92,9 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
 
 
 def finetune_pairs(params: dict[str, Any]) -> list[tuple[float, float]]:
-    """Scale pairs (lo, hi) the attention is trained on: adjacent experts, or the shared pair."""
+    """Scale pairs (lo, hi) the attention is trained on: adjacent experts, or ``hms.shared_pairs``."""
     if params["hms"]["mode"] == "shared":
-        return [tuple(float(s) for s in params["hms"]["shared_pair"])]
+        return [(float(lo), float(hi)) for lo, hi in params["hms"]["shared_pairs"]]
     return list(pairwise(sorted(float(s) for s in params["scales"])))
 
 

@@ -25,10 +25,14 @@ def tiny_meta():
 
 
 TINY_PARAMS = {
+    # The three-expert pipeline (presets/experts.yaml): most tests exercise its three train stages and
+    # per-scale heads; test_pipeline.py runs the default shared mode as its own experiment.
+    "scales": [0.5, 1.0, 2.0],
+    "hms": {"mode": "experts"},
     "model": {"head_channels": 8, "attention_channels": 8, "atrous_rates": [2, 4, 6]},
     "data": {"synthetic": {"train": 4, "val": 3, "height": 64, "width": 128}},
     "train": {"steps": 3, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
-    "finetune": {"steps": 2, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1},
+    "finetune": {"steps": 2, "batch_size": 2, "crop": 32, "checkpoint_every": 2, "log_every": 1, "train_all": False},
 }
 
 

@@ -106,3 +106,14 @@ def test_experts_mode_rejects_unseen_scale(tiny_meta):
     hms = HMS({**tiny_meta, "mode": "experts", "scales": [0.5, 1.0]}).eval()
     with pytest.raises(ValueError, match="no expert"):
         hms.scale_forward(torch.randn(1, 3, 16, 16), 0.75)
+
+
+def test_finetune_pairs_shared_mode_lists_hms_shared_pairs_experts_mode_adjacent_scales():
+    from conftest import tiny_params
+
+    from hms_core.config import validate
+    from hms_core.training import finetune_pairs
+    params = validate(tiny_params(scales=[1.0], hms={"mode": "shared", "shared_pairs": [[0.5, 1.0], [1.0, 2.0]]}))
+    assert finetune_pairs(params) == [(0.5, 1.0), (1.0, 2.0)]
+    params = validate(tiny_params(scales=[0.5, 1.0, 2.0], hms={"mode": "experts"}))
+    assert finetune_pairs(params) == [(0.5, 1.0), (1.0, 2.0)]  # experts: adjacent scales, shared_pairs unused

@@ -34,6 +34,14 @@ def test_camvid_preset_is_valid_and_its_label_map_covers_every_class():
     assert all(lut[i] != 255 for i in range(n))
 
 
+def test_default_params_are_shared_mode_and_the_experts_preset_restores_three_experts():
+    default = validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert (default["hms"]["mode"], default["scales"], default["finetune"]["train_all"]) == ("shared", [1.0], True)
+    experts = validate(merged(default, yaml.safe_load((ROOT / "presets" / "experts.yaml").read_text())))
+    assert (experts["hms"]["mode"], experts["scales"], experts["finetune"]["train_all"]) == \
+        ("experts", [0.5, 1.0, 2.0], False)
+
+
 def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     gpu, synthetic = "presets/cityscapes_gpu.yaml", "presets/synthetic_1024x2048.yaml"
