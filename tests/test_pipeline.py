@@ -148,7 +148,7 @@ def test_predict_on_val_images(repo, tmp_path):
 
 
 def test_shared_mode_trains_one_model_end_to_end(repo):
-    # The default params.yaml, the paper's model: one expert (scale 1.0), then the pairs train it
+    # The default mode of params.yaml, the paper's model: one expert (scale 1.0), then the pairs train it
     # and the attention together. Last in this file: the run leaves its params and models in the workspace.
     out = run_command(["dvc", "exp", "run", "-S", "hms.mode=shared", "-S", "scales=[1.0]",
                        "-S", "finetune.train_all=true"], repo)
