@@ -1,10 +1,13 @@
 """HMS fusion, the N-scale chain, two-scale training, transplant."""
 import pytest
 import torch
+from conftest import tiny_params
 
+from hms_core.config import validate
 from hms_core.hms import HMS, fuse_lower, hierarchical_fusion, hms_pair_loss, scale_key
 from hms_core.io import save_checkpoint
 from hms_core.model import build_seg_model, resize, resize_image
+from hms_core.training import finetune_pairs
 from hms_core.transplant import TransplantError, transplant
 
 
@@ -109,10 +112,6 @@ def test_experts_mode_rejects_unseen_scale(tiny_meta):
 
 
 def test_finetune_pairs_shared_mode_lists_hms_shared_pairs_experts_mode_adjacent_scales():
-    from conftest import tiny_params
-
-    from hms_core.config import validate
-    from hms_core.training import finetune_pairs
     params = validate(tiny_params(scales=[1.0], hms={"mode": "shared", "shared_pairs": [[0.5, 1.0], [1.0, 2.0]]}))
     assert finetune_pairs(params) == [(0.5, 1.0), (1.0, 2.0)]
     params = validate(tiny_params(scales=[0.5, 1.0, 2.0], hms={"mode": "experts"}))
