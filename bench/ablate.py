@@ -25,14 +25,15 @@ import torch
 import yaml
 
 from hms_core.config import validate
-from hms_core.data import EvalSet, read_index
-from hms_core.evaluation import markdown_table, results
+from hms_core.data.dataset import EvalSet, read_index
+from hms_core.data.labels import build_grouping
+from hms_core.data.resize import resize, resize_image, scaled_size
+from hms_core.evaluate.metrics import confusion_counts
+from hms_core.evaluate.rows import markdown_table, results
 from hms_core.io import load_checkpoint, read_yaml, write_json
-from hms_core.labels import build_grouping
-from hms_core.metrics import confusion_counts
-from hms_core.model import build_seg_model, resize, resize_image, scaled_size
-from hms_core.preset import merged
-from hms_core.training import train_expert
+from hms_core.models.segmodel import build_seg_model
+from hms_core.tools.preset import merged
+from hms_core.train.jobs import train_expert
 
 
 def variant_params(params: dict, changes: list[str]) -> dict:

@@ -6,13 +6,13 @@ workers a GPU needs.
     python bench/loader.py --prepared data/prepared         # the train split of a prepared dataset
     python bench/loader.py --height 64 --width 128 --crop 32 --samples 4   # a quick check
 
-Writes ``--images`` synthetic scenes (``hms_core.synthetic``) in the Cityscapes layout and
+Writes ``--images`` synthetic scenes (``hms_core.data.synthetic``) in the Cityscapes layout and
 prepares them (or reads ``--prepared``), then for every scale (default 0.5, 1, 2 with the
 default jitter 0.75..1.25 and a 1024 crop) and every worker count (default 0, 1, 2) iterates
 a DataLoader over ``--samples`` crops of the deterministic sample stream, as training does
 (pinned on CUDA). Two paths:
 
-* ``new``: :class:`hms_core.data.TrainSet`: crop in source coordinates, resize only the
+* ``new``: :class:`hms_core.data.dataset.TrainSet`: crop in source coordinates, resize only the
   window under the crop, uint8 out (normalised on the device, not timed here).
 * ``old``: :class:`OldTrainSet`, the reference of the path before (kept here only, for
   before/after): decode, normalise the whole image to float, resize the whole image, crop.
@@ -39,12 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from hms_core.data import (IGNORE, StreamSampler, TrainSet, load_sample, prepare_dataset,  # noqa: E402
-                           read_index)
-from hms_core.labels import build_grouping  # noqa: E402
-from hms_core.model import resize_image  # noqa: E402
-from hms_core.speed import deterministic_algorithms  # noqa: E402
-from hms_core.synthetic import generate_dataset  # noqa: E402
+from hms_core.data.dataset import IGNORE, StreamSampler, TrainSet, load_sample, prepare_dataset, read_index  # noqa: E402
+from hms_core.data.labels import build_grouping  # noqa: E402
+from hms_core.data.resize import resize_image  # noqa: E402
+from hms_core.data.synthetic import generate_dataset  # noqa: E402
+from hms_core.runtime.speed import deterministic_algorithms  # noqa: E402
 
 PATHS = ("new", "old")
 
@@ -54,7 +53,7 @@ def old_random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: 
                                ) -> tuple[torch.Tensor, torch.Tensor]:
     """REFERENCE ONLY (the path before, for before/after): resize the whole normalised float
     image by ``scale * U(jitter)`` (``resize_image``) and the whole label (nearest), pad with 0
-    and 255, crop, flip. The same draws from ``g`` as :func:`hms_core.data.draw_crop`."""
+    and 255, crop, flip. The same draws from ``g`` as :func:`hms_core.data.dataset.draw_crop`."""
     f = scale * (jitter[0] + (jitter[1] - jitter[0]) * torch.rand((), generator=g).item())
     h, w = label.shape
     size = (max(1, round(h * f)), max(1, round(w * f)))
@@ -74,7 +73,7 @@ def old_random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: 
 
 class OldTrainSet(TrainSet):
     """REFERENCE ONLY: the training samples of the path before (normalised float images,
-    int64 labels), with the seeding of :class:`hms_core.data.TrainSet`."""
+    int64 labels), with the seeding of :class:`hms_core.data.dataset.TrainSet`."""
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, key = item

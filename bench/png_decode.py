@@ -1,4 +1,4 @@
-"""PNG decoding for the training loader: PIL (what ``hms_core.data`` uses) against
+"""PNG decoding for the training loader: PIL (what ``hms_core.data.dataset`` uses) against
 ``torchvision.io.decode_png`` on the file's bytes, on a 1024x2048 image.
 
     python bench/png_decode.py                        # a synthetic 1024x2048 street scene
@@ -6,7 +6,7 @@
 
 Prints the time per image (minimum and median over ``--repeats`` interleaved
 runs, one thread, as in a DataLoader worker) of decoding alone and of decoding
-plus the normalisation of ``hms_core.data.load_sample``, and checks that both
+plus the normalisation of ``hms_core.data.dataset.load_sample``, and checks that both
 decoders give the same pixels.
 """
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.io import ImageReadMode, decode_png  # noqa: E402
 
-from hms_core.data import _read_png, normalise  # noqa: E402
-from hms_core.synthetic import render_scene  # noqa: E402
+from hms_core.data.dataset import _read_png, normalise  # noqa: E402
+from hms_core.data.synthetic import render_scene  # noqa: E402
 
 
 def pil_rgb(path: Path) -> torch.Tensor:
-    """``[3, H, W]`` uint8, decoded by PIL as ``hms_core.data.load_sample`` does."""
+    """``[3, H, W]`` uint8, decoded by PIL as ``hms_core.data.dataset.load_sample`` does."""
     return torch.from_numpy(_read_png(path, "RGB").copy()).permute(2, 0, 1)
 
 

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 from hms_core.config import load_params
-from hms_core.data import IGNORE, EvalSet, StreamSampler, TrainSet, read_index, training_inputs
-from hms_core.engine import resolve_device, seed_everything
-from hms_core.evaluation import results
+from hms_core.data.dataset import IGNORE, EvalSet, StreamSampler, TrainSet, read_index, training_inputs
+from hms_core.data.labels import build_grouping
+from hms_core.evaluate.metrics import confusion_counts
+from hms_core.evaluate.rows import results
 from hms_core.io import write_json
-from hms_core.labels import build_grouping
-from hms_core.metrics import confusion_counts
+from hms_core.train.engine import resolve_device, seed_everything
 
 
 def train(model: torch.nn.Module, dataset: TrainSet, cfg: dict, device: torch.device, steps: int,

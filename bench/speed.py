@@ -14,8 +14,8 @@ Rows (19 classes, ResNet-50 trunk, DeepLabV3+ head of 256 channels):
 * HMS eval 3 scales (0.5, 1.0, 2.0): inference on 1024x2048 images, with the
   projected time for the 500 Cityscapes val images.
 
-The project's rows run its own step (loss modules of ``hms_core.losses``, the
-``runtime`` speed settings of ``hms_core.speed``: ``--amp``, ``--no-channels-last``,
+The project's rows run its own step (loss modules of ``hms_core.train.losses``, the
+``runtime`` speed settings of ``hms_core.runtime.speed``: ``--amp``, ``--no-channels-last``,
 ``--compile``); training rows use the largest batch of 8, 4, 2 that fits. Inputs
 are random tensors already on the device, so data loading is not measured.
 
@@ -40,11 +40,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision.models.segmentation import deeplabv3_resnet50  # noqa: E402
 
-from hms_core.engine import optimizer_step  # noqa: E402
-from hms_core.hms import HMS  # noqa: E402
-from hms_core.losses import ExpertLoss, PairLoss  # noqa: E402
-from hms_core.model import build_seg_model  # noqa: E402
-from hms_core.speed import AMP_MODES, Speed, configure_backends  # noqa: E402
+from hms_core.models.hms import HMS  # noqa: E402
+from hms_core.models.segmodel import build_seg_model  # noqa: E402
+from hms_core.runtime.speed import AMP_MODES, Speed, configure_backends  # noqa: E402
+from hms_core.train.engine import optimizer_step  # noqa: E402
+from hms_core.train.losses import ExpertLoss, PairLoss  # noqa: E402
 
 NUM_CLASSES = 19
 VAL_IMAGES = 500

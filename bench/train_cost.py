@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from hms_core.costs import peak_memory, time_call
-from hms_core.engine import resolve_device
-from hms_core.explicit import ExplicitAttention, explicit_loss
-from hms_core.hms import HMS, hms_pair_loss
+from hms_core.evaluate.costs import peak_memory, time_call
+from hms_core.models.explicit import ExplicitAttention, explicit_loss
+from hms_core.models.hms import HMS, hms_pair_loss
+from hms_core.train.engine import resolve_device
 
 
 def main() -> None:

@@ -10,12 +10,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from hms_core.heads import HEADS
+from hms_core.data.labels import GROUPINGS
 from hms_core.io import read_yaml
-from hms_core.hms import MODES
-from hms_core.labels import GROUPINGS
-from hms_core.model import architecture_error
-from hms_core.trunks import MIT_TRUNKS, PRETRAINED_IMAGENET, TRUNKS
+from hms_core.models.heads import HEADS
+from hms_core.models.hms import MODES
+from hms_core.models.mit import MIT_TRUNKS
+from hms_core.models.segmodel import architecture_error
+from hms_core.models.trunks import TRUNKS
+from hms_core.models.weights import PRETRAINED_IMAGENET
 
 PARAMS_FILE = "params.yaml"
 
@@ -190,7 +192,7 @@ def _validate(schema: dict[str, Any], values: Any, prefix: str) -> None:
 
 
 def _check_architecture(params: dict[str, Any]) -> None:
-    """``head``, ``output_stride`` and ``pretrained`` must fit ``trunk`` (:func:`hms_core.model.architecture_error`)."""
+    """``head``, ``output_stride`` and ``pretrained`` must fit ``trunk`` (:func:`hms_core.models.segmodel.architecture_error`)."""
     error = architecture_error(params["trunk"], params["head"], params["output_stride"])
     if error:
         _fail(*error)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, IO
+from typing import IO, Any, Callable, Iterator
 
 import torch
 import yaml

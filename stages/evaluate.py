@@ -12,19 +12,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd
 import torch
 
-from hms_core.cli import run_stage, stage_parser
-from hms_core.costs import inference_costs
-from hms_core.data import EvalSet, read_index
-from hms_core.engine import resolve_device, seed_everything
-from hms_core.evaluation import (attention_means, chain_name, confusion_report, evaluate, markdown_table, results,
-                                 row_names, row_specs, table_rows)
-from hms_core.explicit import ExplicitAttention
-from hms_core.hms import load_hms
+from hms_core.data.dataset import EvalSet, read_index
+from hms_core.data.labels import build_grouping
+from hms_core.evaluate.costs import inference_costs
+from hms_core.evaluate.official import PredictionWriter
+from hms_core.evaluate.pictures import confusion_figure, prediction_panel
+from hms_core.evaluate.rows import (
+    attention_means,
+    chain_name,
+    confusion_report,
+    evaluate,
+    markdown_table,
+    results,
+    row_names,
+    row_specs,
+    table_rows,
+)
 from hms_core.io import write_json, write_text
-from hms_core.labels import build_grouping
-from hms_core.official import PredictionWriter
-from hms_core.pictures import confusion_figure, prediction_panel
-from hms_core.speed import Speed, configure_backends
+from hms_core.models.explicit import ExplicitAttention
+from hms_core.models.hms import load_hms
+from hms_core.runtime.speed import Speed, configure_backends
+from hms_core.tools.stage import run_stage, stage_parser
+from hms_core.train.engine import resolve_device, seed_everything
 
 TABLE_COLUMNS = ["trunk", "head", "method", "expert epochs", "train images", "finetune images", "mIoU", "accuracy",
                  "mean_class_acc"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser, training_session
-from hms_core.hms import load_hms
-from hms_core.training import finetune_hms, finetune_pairs
+from hms_core.models.hms import load_hms
+from hms_core.tools.stage import run_stage, stage_parser, training_session
+from hms_core.train.jobs import finetune_hms, finetune_pairs
 
 
 def main(args: argparse.Namespace, params: dict) -> None:

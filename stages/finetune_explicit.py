@@ -10,10 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser, training_session
-from hms_core.explicit import ExplicitAttention
-from hms_core.training import finetune_explicit
-from hms_core.transplant import transplant_experts
+from hms_core.models.explicit import ExplicitAttention
+from hms_core.models.transplant import transplant_experts
+from hms_core.tools.stage import run_stage, stage_parser, training_session
+from hms_core.train.jobs import finetune_explicit
 
 
 def main(args: argparse.Namespace, params: dict) -> None:

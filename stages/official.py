@@ -7,10 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser
+from hms_core.data.labelmap import load_label_map
+from hms_core.evaluate.official import check_agreement, official_check
 from hms_core.io import write_json
-from hms_core.labelmap import load_label_map
-from hms_core.official import check_agreement, official_check
+from hms_core.tools.stage import run_stage, stage_parser
 
 
 def main(args: argparse.Namespace, params: dict) -> None:

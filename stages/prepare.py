@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser
-from hms_core.data import prepare_dataset
-from hms_core.labelmap import load_label_map
-from hms_core.labels import build_grouping
+from hms_core.data.dataset import prepare_dataset
+from hms_core.data.labelmap import load_label_map
+from hms_core.data.labels import build_grouping
+from hms_core.tools.stage import run_stage, stage_parser
 
 SPLITS = ("train", "val")
 

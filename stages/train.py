@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser, training_session
-from hms_core.training import train_expert
+from hms_core.tools.stage import run_stage, stage_parser, training_session
+from hms_core.train.jobs import train_expert
 
 
 def main(args: argparse.Namespace, params: dict) -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hms_core.cli import run_stage, stage_parser
 from hms_core.io import save_checkpoint
-from hms_core.transplant import transplant_experts
+from hms_core.models.transplant import transplant_experts
+from hms_core.tools.stage import run_stage, stage_parser
 
 
 def main(args: argparse.Namespace, params: dict) -> None:

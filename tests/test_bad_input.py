@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from conftest import ROOT, tiny_params
+from PIL import Image
 
 from hms_core.config import ParamsError, validate
-from hms_core.data import DataError, find_pairs, prepare_dataset
+from hms_core.data.dataset import DataError, find_pairs, prepare_dataset
+from hms_core.data.labels import build_grouping
+from hms_core.data.synthetic import generate_dataset
 from hms_core.io import save_checkpoint
-from hms_core.labels import build_grouping
-from hms_core.model import build_seg_model
-from hms_core.synthetic import generate_dataset
-from hms_core.transplant import TransplantError, transplant
+from hms_core.models.segmodel import build_seg_model
+from hms_core.models.transplant import TransplantError, transplant
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from hms_core.convert import main
-from hms_core.data import DataError, find_pairs, prepare_split, read_index
-from hms_core.labelmap import load_label_map
-from hms_core.labels import build_grouping
+from hms_core.data.convert import main
+from hms_core.data.dataset import DataError, find_pairs, prepare_split, read_index
+from hms_core.data.labelmap import load_label_map
+from hms_core.data.labels import build_grouping
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "Road", "car", "Traffic_Light", "tree"]

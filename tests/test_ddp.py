@@ -28,15 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import tiny_params  # noqa: E402
 
-from hms_core.data import StreamSampler, prepare_dataset  # noqa: E402
-from hms_core.distributed import process_group, relaunch_under_torchrun, torchrun_command  # noqa: E402
-from hms_core.engine import Interrupted, seed_everything  # noqa: E402
-from hms_core.hms import HMS  # noqa: E402
+from hms_core.data.dataset import StreamSampler, prepare_dataset  # noqa: E402
+from hms_core.data.labels import build_grouping  # noqa: E402
+from hms_core.data.synthetic import generate_dataset  # noqa: E402
 from hms_core.io import load_checkpoint, save_checkpoint  # noqa: E402
-from hms_core.labels import build_grouping  # noqa: E402
-from hms_core.model import build_seg_model  # noqa: E402
-from hms_core.synthetic import generate_dataset  # noqa: E402
-from hms_core.training import finetune_hms, model_meta, train_expert  # noqa: E402
+from hms_core.models.hms import HMS  # noqa: E402
+from hms_core.models.segmodel import build_seg_model  # noqa: E402
+from hms_core.runtime.distributed import process_group, relaunch_under_torchrun, torchrun_command  # noqa: E402
+from hms_core.train.engine import Interrupted, seed_everything  # noqa: E402
+from hms_core.train.jobs import finetune_hms, model_meta, train_expert  # noqa: E402
 
 WORLD = 2        # processes
 BATCH = 1        # per-process batch of the comparison run

@@ -5,16 +5,28 @@ import pytest
 import torch
 from PIL import Image
 
-from hms_core.evaluation import (Row, attention_maps, attention_means, branches_match, evaluate, predict_rows,
-                                 predict_windows, row_budget, row_specs, table_rows, results, window_starts)
-from hms_core.explicit import ExplicitAttention
-from hms_core.hms import HMS, fuse_higher, hierarchical_fusion
-from hms_core.labels import build_grouping
-from hms_core.metrics import confusion_matrix
-from hms_core.model import resize, resize_image
-from hms_core.multiscale import multiscale_forward
-from hms_core.pictures import confusion_figure, prediction_panel
-from hms_core.speed import Speed
+from hms_core.data.labels import build_grouping
+from hms_core.data.resize import resize, resize_image
+from hms_core.evaluate.metrics import confusion_matrix
+from hms_core.evaluate.pictures import confusion_figure, prediction_panel
+from hms_core.evaluate.rows import (
+    Row,
+    attention_maps,
+    attention_means,
+    branches_match,
+    evaluate,
+    predict_rows,
+    predict_windows,
+    results,
+    row_budget,
+    row_specs,
+    table_rows,
+    window_starts,
+)
+from hms_core.models.explicit import ExplicitAttention
+from hms_core.models.hms import HMS, fuse_higher, hierarchical_fusion
+from hms_core.models.multiscale import multiscale_forward
+from hms_core.runtime.speed import Speed
 
 SCALES = [0.5, 1.0, 2.0]
 CHAINS = [[0.5, 1.0], [0.5, 1.0, 2.0]]

@@ -1,10 +1,10 @@
 """The explicit-attention baseline (Chen et al. 2016)."""
 import torch
-
-from hms_core.explicit import EXPLICIT, ExplicitAttention, explicit_loss
-from hms_core.model import resize
-from hms_core.transplant import transplant
 from test_hms import _experts
+
+from hms_core.data.resize import resize
+from hms_core.models.explicit import EXPLICIT, ExplicitAttention, explicit_loss
+from hms_core.models.transplant import transplant
 
 
 def test_explicit_fusion_is_a_softmax_weighted_sum(tiny_meta):

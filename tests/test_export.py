@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from hms_core.export import load, main
-from hms_core.hms import HMS
 from hms_core.io import save_checkpoint
+from hms_core.models.hms import HMS
+from hms_core.tools.export import load, main
 
 SCALES = [0.5, 1.0, 2.0]
 

@@ -11,12 +11,12 @@ import torch
 import yaml
 from conftest import ROOT, tiny_params
 
-from hms_core.data import prepare_dataset, read_index
-from hms_core.engine import NonFiniteLoss, fit
+from hms_core.data.dataset import prepare_dataset, read_index
+from hms_core.data.labels import build_grouping
+from hms_core.data.synthetic import generate_dataset
 from hms_core.io import load_checkpoint, save_checkpoint
-from hms_core.labels import build_grouping
-from hms_core.synthetic import generate_dataset
-from hms_core.training import train_expert
+from hms_core.train.engine import NonFiniteLoss, fit
+from hms_core.train.jobs import train_expert
 
 STEPS = 12
 

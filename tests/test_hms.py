@@ -4,11 +4,12 @@ import torch
 from conftest import tiny_params
 
 from hms_core.config import validate
-from hms_core.hms import HMS, fuse_lower, hierarchical_fusion, hms_pair_loss, scale_key
+from hms_core.data.resize import resize, resize_image
 from hms_core.io import save_checkpoint
-from hms_core.model import build_seg_model, resize, resize_image
-from hms_core.training import finetune_pairs
-from hms_core.transplant import TransplantError, transplant
+from hms_core.models.hms import HMS, fuse_lower, hierarchical_fusion, hms_pair_loss, scale_key
+from hms_core.models.segmodel import build_seg_model
+from hms_core.models.transplant import TransplantError, transplant
+from hms_core.train.jobs import finetune_pairs
 
 
 def test_fuse_lower_matches_hand_computation():

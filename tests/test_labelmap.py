@@ -1,11 +1,18 @@
 """Label maps: own dataset ids -> official label ids; class ids -> label ids and colours."""
 import numpy as np
 import pytest
-from cityscapesscripts.helpers.labels import labels as official, name2label
+from cityscapesscripts.helpers.labels import labels as official
+from cityscapesscripts.helpers.labels import name2label
 
-from hms_core.labelmap import (UNMAPPED, category_label_ids, class_colors, class_label_ids, load_label_map,
-                               unmapped_ids)
-from hms_core.labels import build_grouping
+from hms_core.data.labelmap import (
+    UNMAPPED,
+    category_label_ids,
+    class_colors,
+    class_label_ids,
+    load_label_map,
+    unmapped_ids,
+)
+from hms_core.data.labels import build_grouping
 
 
 def test_representative_label_of_each_category():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as official
 
-from hms_core.labels import build_grouping
-from hms_core.metrics import confusion_matrix, scores
+from hms_core.data.labels import build_grouping
+from hms_core.evaluate.metrics import confusion_matrix, scores
 
 
 def test_category_grouping_follows_official_table():

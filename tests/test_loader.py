@@ -8,14 +8,29 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.loader import old_random_scale_crop_flip
-from hms_core import distributed
-from hms_core.data import (IGNORE, PAD_RGB, STD, CropPlan, DataError, StreamSampler, TrainSet, crop_image,
-                           crop_label, load_pair, nearest_index, normalise, prepare_dataset,
-                           random_scale_crop_flip, read_index, training_inputs)
-from hms_core.labels import build_grouping
-from hms_core.speed import Speed
-from hms_core.streams import sample_stream
-from hms_core.synthetic import generate_dataset
+from hms_core.data.dataset import (
+    IGNORE,
+    PAD_RGB,
+    STD,
+    CropPlan,
+    DataError,
+    StreamSampler,
+    TrainSet,
+    crop_image,
+    crop_label,
+    load_pair,
+    nearest_index,
+    normalise,
+    prepare_dataset,
+    random_scale_crop_flip,
+    read_index,
+    training_inputs,
+)
+from hms_core.data.labels import build_grouping
+from hms_core.data.synthetic import generate_dataset
+from hms_core.runtime import distributed
+from hms_core.runtime.speed import Speed
+from hms_core.train.streams import sample_stream
 
 # PIL resamples in 8-bit fixed point and rounds after each of its two passes: within 1 of
 # 255 of the float resize, which normalisation divides by 255 * std.

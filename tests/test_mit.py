@@ -1,22 +1,23 @@
 """The MiT-B0 trunk with the SegFormer head: shapes, HMS, transplant, pretrained files, params, export."""
 import pytest
 import torch
-
 from conftest import tiny_params
+
 from hms_core.config import ParamsError, validate
-from hms_core.costs import inference_costs
-from hms_core.evaluation import Row
-from hms_core.explicit import ExplicitAttention
-from hms_core.export import FixedScaleHMS, trace
-from hms_core.hms import HMS, hms_pair_loss, load_hms
+from hms_core.data.resize import resize_image, scaled_size
+from hms_core.evaluate.costs import inference_costs
+from hms_core.evaluate.rows import Row
 from hms_core.io import save_checkpoint
-from hms_core.model import SegModel, build_seg_model, resize_image, scaled_size
-from hms_core.speed import Speed
-from hms_core.transplant import transplant
-from hms_core.trunks import build_trunk
+from hms_core.models.explicit import ExplicitAttention
+from hms_core.models.hms import hms_pair_loss, load_hms
+from hms_core.models.segmodel import SegModel, build_seg_model
+from hms_core.models.transplant import transplant
+from hms_core.models.trunks import build_trunk
+from hms_core.runtime.speed import Speed
+from hms_core.tools.export import FixedScaleHMS, trace
 
 transformers = pytest.importorskip("transformers")
-from hms_core import mit  # noqa: E402  (needs transformers)
+from hms_core.models import mit  # noqa: E402  (needs transformers)
 
 MIT_META = {"trunk": "mit_b0", "head": "segformer", "num_classes": 5, "output_stride": 32, "head_channels": 16,
             "atrous_rates": [2], "attention_channels": 8, "grouping": "category"}

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from hms_core.heads import AttentionHead, build_head
-from hms_core.model import SegModel
-from hms_core.trunks import build_trunk
+from hms_core.models.heads import AttentionHead, build_head
+from hms_core.models.segmodel import SegModel
+from hms_core.models.trunks import build_trunk
 
 
 @pytest.mark.parametrize("name,stride", [("resnet50", 8), ("resnet50", 16), ("resnet101", 16),

@@ -6,19 +6,26 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from conftest import ROOT, tiny_params
+from PIL import Image
 
 from hms_core.config import ParamsError, validate
-from hms_core.data import prepare_split, read_index
-from hms_core.evaluation import results
+from hms_core.data.dataset import prepare_split, read_index
+from hms_core.data.labelmap import load_label_map
+from hms_core.data.labels import build_grouping
+from hms_core.data.synthetic import generate_dataset
+from hms_core.evaluate.metrics import confusion_matrix
+from hms_core.evaluate.official import (
+    INDEX_FILE,
+    OfficialDisagreement,
+    PredictionWriter,
+    check_agreement,
+    ground_truth_path,
+    official_check,
+    official_scores,
+)
+from hms_core.evaluate.rows import results
 from hms_core.io import write_json
-from hms_core.labelmap import load_label_map
-from hms_core.labels import build_grouping
-from hms_core.metrics import confusion_matrix
-from hms_core.official import (INDEX_FILE, OfficialDisagreement, PredictionWriter, check_agreement,
-                               ground_truth_path, official_check, official_scores)
-from hms_core.synthetic import generate_dataset
 
 ROW = "hms_0.5-1.0-2.0"
 # Own ids of a converted dataset: 0 sky, 1 building, 2 road, 3 car, 4 tree, 5 anything else.

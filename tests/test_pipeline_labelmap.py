@@ -1,4 +1,4 @@
-"""End to end on an own dataset: images/ + masks/ + classes.txt -> `python -m hms_core.convert` -> label
+"""End to end on an own dataset: images/ + masks/ + classes.txt -> `python -m hms_core.data.convert` -> label
 map -> `dvc repro` with the official cross-check, which must score the ground truth through the map."""
 import json
 import shutil
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from conftest import copy_pipeline, init_and_repro, run_command, tiny_params
+from PIL import Image
 
-from hms_core.synthetic import generate_dataset
+from hms_core.data.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = "hms_0.5-1.0-2.0"
@@ -47,7 +47,7 @@ def own_dataset(dst: Path) -> Path:
 def convert(src: Path, repo: Path) -> None:
     """Convert both splits into ``repo/mydata`` and complete the label-map skeleton."""
     for split in ("train", "val"):
-        run_command([sys.executable, "-m", "hms_core.convert", "--images", str(src / "images" / split), "--masks",
+        run_command([sys.executable, "-m", "hms_core.data.convert", "--images", str(src / "images" / split), "--masks",
               str(src / "masks" / split), "--classes", str(src / "classes.txt"), "--out", DATA, "--split", split],
              repo)
     label_map = repo / DATA / "label_map.yaml"

@@ -8,12 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from hms_core.data import load_sample
-from hms_core.hms import HMS
+from hms_core.data.dataset import load_sample
+from hms_core.data.labelmap import class_colors, class_label_ids
 from hms_core.io import save_checkpoint
-from hms_core.labelmap import class_colors, class_label_ids
-from hms_core.predict import (check_scales, find_images, load_model, main, normalise, overlay,
-                              predict_image, read_image)
+from hms_core.models.hms import HMS
+from hms_core.tools.predict import (
+    check_scales,
+    find_images,
+    load_model,
+    main,
+    normalise,
+    overlay,
+    predict_image,
+    read_image,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = [0.5, 1.0, 2.0]
@@ -140,7 +148,7 @@ def test_find_images_rejects_colliding_stems(tmp_path):
 def test_module_runs_from_the_repository_root(tmp_path, tiny_meta):
     model = _model(tmp_path, tiny_meta)
     _image(tmp_path / "img.png", 24, 32)
-    proc = subprocess.run([sys.executable, "-m", "hms_core.predict", str(tmp_path / "img.png"), "--model",
+    proc = subprocess.run([sys.executable, "-m", "hms_core.tools.predict", str(tmp_path / "img.png"), "--model",
                            str(model), "--out", str(tmp_path / "out"), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

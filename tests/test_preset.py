@@ -5,13 +5,14 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from conftest import ROOT, tiny_params
+from PIL import Image
 from test_pipeline_labelmap import own_dataset
 
 from hms_core.config import ParamsError, validate
-from hms_core.labelmap import load_label_map
-from hms_core.preset import flatten, main as preset_main, merged, set_arguments
+from hms_core.data.labelmap import load_label_map
+from hms_core.tools.preset import flatten, merged, set_arguments
+from hms_core.tools.preset import main as preset_main
 
 
 def test_preset_leaves_become_dvc_set_arguments():

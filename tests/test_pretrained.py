@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from hms_core.trunks import build_trunk
+from hms_core.models.trunks import build_trunk
 
 
 def _source(tmp_path, name):

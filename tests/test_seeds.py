@@ -1,4 +1,4 @@
-"""Results over seeds (hms_core/seeds.py): the aggregation by hand, the errors, and a real tiny DVC repo."""
+"""Results over seeds (hms_core/tools/seeds.py): the aggregation by hand, the errors, and a real tiny DVC repo."""
 import json
 import math
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hms_core import seeds
-from hms_core.seeds import SeedsError, mean_std, paired_difference, summarise
+from hms_core.tools import seeds
+from hms_core.tools.seeds import SeedsError, mean_std, paired_difference, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,7 +259,7 @@ def test_real_dvc_experiments(tmp_path):
     _run(["dvc", "init", "-q"], repo)
     _run(git + ["add", "-A"], repo)
     _run(git + ["commit", "-q", "-m", "init"], repo)
-    seeds_cmd = [sys.executable, "-m", "hms_core.seeds"]
+    seeds_cmd = [sys.executable, "-m", "hms_core.tools.seeds"]
 
     proc = _run(seeds_cmd, repo, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
@@ -341,7 +341,7 @@ def test_queued_sweep_over_trunks_and_seeds(tmp_path):
     assert runs == [("0.6", "0", "mobilenet_v3_large"), ("0.61", "1", "mobilenet_v3_large"),
                     ("0.7", "0", "resnet50"), ("0.71", "1", "resnet50")]
 
-    out = _run([sys.executable, "-m", "hms_core.seeds", "--all"], repo).stdout
+    out = _run([sys.executable, "-m", "hms_core.tools.seeds", "--all"], repo).stdout
     workspace, resnet = out.split("### params.yaml with trunk=\"resnet50\"")
     assert "| hms_0.5-1.0-2.0 | 2 | 60.50 ± 0.71 | 90.00 ± 0.00 |" in workspace
     assert "| hms_0.5-1.0-2.0 | 2 | 70.50 ± 0.71 | 90.00 ± 0.00 |" in resnet

@@ -8,17 +8,17 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from hms_core import distributed
 from hms_core.config import ParamsError, validate
-from hms_core.data import prepare_dataset
-from hms_core.distributed import check_devices, relaunch_under_torchrun
-from hms_core.hms import HMS
+from hms_core.data.dataset import prepare_dataset
+from hms_core.data.labels import build_grouping
+from hms_core.data.synthetic import generate_dataset
 from hms_core.io import load_checkpoint
-from hms_core.labels import build_grouping
-from hms_core.model import build_seg_model
-from hms_core.speed import Speed, configure_backends, cpu_state_dict
-from hms_core.synthetic import generate_dataset
-from hms_core.training import finetune_hms, model_meta, train_expert
+from hms_core.models.hms import HMS
+from hms_core.models.segmodel import build_seg_model
+from hms_core.runtime import distributed
+from hms_core.runtime.distributed import check_devices, relaunch_under_torchrun
+from hms_core.runtime.speed import Speed, configure_backends, cpu_state_dict
+from hms_core.train.jobs import finetune_hms, model_meta, train_expert
 
 OFF = {"amp": "none", "channels_last": False, "compile": False}
 
@@ -162,8 +162,8 @@ def test_relaunch_execs_torchrun_once(monkeypatch):
 def test_fast_png_decoding_gives_pil_pixels_and_leaves_other_files_to_pil(tmp_path):
     from PIL import Image
 
-    from hms_core.data import _read_png
-    from hms_core.fastpng import decode_rgb8
+    from hms_core.data.dataset import _read_png
+    from hms_core.data.fastpng import decode_rgb8
 
     rgb = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")

@@ -8,8 +8,16 @@ import pytest
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
-from hms_core.synthetic import (ALLOWED_LABEL_IDS, BUILDING, BUS, POLE, TRUCK, _render_scene,
-                                generate_dataset, render_scene)
+from hms_core.data.synthetic import (
+    ALLOWED_LABEL_IDS,
+    BUILDING,
+    BUS,
+    POLE,
+    TRUCK,
+    _render_scene,
+    generate_dataset,
+    render_scene,
+)
 
 H, W = 64, 128
 

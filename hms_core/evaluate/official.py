@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from hms_core.data import CLASS_SUFFIX, IMAGE_SUFFIX, LABEL_SUFFIX
+from hms_core.data.dataset import CLASS_SUFFIX, IMAGE_SUFFIX, LABEL_SUFFIX
+from hms_core.data.labelmap import class_label_ids, unmapped_ids
+from hms_core.data.labels import Grouping, build_grouping
 from hms_core.io import write_json
-from hms_core.labelmap import class_label_ids, unmapped_ids
-from hms_core.labels import Grouping, build_grouping
 
 INDEX_FILE = "index.json"
 TOLERANCE = 1e-4
@@ -71,7 +71,7 @@ def check_official_mode(grouping: Grouping) -> None:
 class PredictionWriter:
     """Writes the class ids one row predicts for every val image to a folder, whole or not at all.
 
-    Use it as a context manager around :func:`hms_core.evaluation.evaluate`, with
+    Use it as a context manager around :func:`hms_core.evaluate.rows.evaluate`, with
     :meth:`collect` as its ``on_prediction`` hook. Predictions go to the sibling
     folder ``{out_dir}.tmp``; on a clean exit, once every image has its
     prediction, ``index.json`` is added and the folder is renamed to ``out_dir``.
@@ -270,7 +270,7 @@ def official_check(predictions: str | Path, eval_json: str | Path, grouping: str
                    label_map: np.ndarray | None = None, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Score the predictions folder officially and compare with our scores of its row.
 
-    ``grouping`` is ``data.grouping``; ``label_map`` (:func:`hms_core.labelmap.load_label_map`)
+    ``grouping`` is ``data.grouping``; ``label_map`` (:func:`hms_core.data.labelmap.load_label_map`)
     turns the dataset's own ground-truth ids into official label ids first. Returns the
     report: row, official scores, ours, ``max_abs_diff``, ``tolerance`` and
     ``agreement``; a disagreement is recorded, not raised (see :func:`check_agreement`).

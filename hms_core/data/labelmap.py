@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
+from hms_core.data.labels import CATEGORY_NAMES, build_grouping
 from hms_core.io import read_yaml
-from hms_core.labels import CATEGORY_NAMES, build_grouping
 
 TARGETS = ("labelIds", "category")
 # A source id the map does not define; 255 is never an official label id, so the

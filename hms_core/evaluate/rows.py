@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hms_core.hms import HMS, hierarchical_fusion
-from hms_core.metrics import IGNORE, confusion_counts, scores
-from hms_core.model import resize, scaled_size
-from hms_core.multiscale import ScaleOutput, multiscale_forward
-from hms_core.speed import Speed
+from hms_core.data.resize import resize, scaled_size
+from hms_core.evaluate.metrics import IGNORE, confusion_counts, scores
+from hms_core.models.hms import HMS, hierarchical_fusion
+from hms_core.models.multiscale import ScaleOutput, multiscale_forward
+from hms_core.runtime.speed import Speed
 
 
 def scale_name(s: float) -> str:

@@ -10,7 +10,7 @@ never downloaded (no ``from_pretrained``):
 * :class:`SegformerHead` (``head: segformer``): ``SegformerDecodeHead`` without
   its classifier: ``f = dropout(relu(bn(conv1x1([up(linear_i(stage_i))]_{i=4..1}))))``,
   ``model.head_channels`` wide, at stride 4. The 1x1 class classifier is
-  :class:`hms_core.model.SegModel`'s, so the HMS attention head reads these
+  :class:`hms_core.models.segmodel.SegModel`'s, so the HMS attention head reads these
   same features, as with the DeepLab heads.
 
 transformers 5 renamed the Segformer modules (``encoder.block.0.0.attention.self.query``
@@ -28,7 +28,9 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from hms_core.trunks import MIT_TRUNKS, PRETRAINED_IMAGENET, PRETRAINED_NONE, load_checked, read_state_dict
+from hms_core.models.weights import PRETRAINED_IMAGENET, PRETRAINED_NONE, load_checked, read_state_dict
+
+MIT_TRUNKS = ("mit_b0",)  # built here from HuggingFace transformers' Segformer classes
 
 MIT_OUTPUT_STRIDE = 32
 # Per-size widths of the Mix Transformer (SegFormer's mix_transformer.py, mit_b0).

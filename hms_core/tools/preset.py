@@ -1,4 +1,4 @@
-"""Run the pipeline with a named set of params: ``python -m hms_core.preset presets/camvid.yaml``.
+"""Run the pipeline with a named set of params: ``python -m hms_core.tools.preset presets/camvid.yaml``.
 
 Several presets apply in order, a later one winning where both set a key
 (``presets/cityscapes_gpu.yaml presets/synthetic_1024x2048.yaml``).

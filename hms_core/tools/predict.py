@@ -1,11 +1,11 @@
 """Predict with a trained HMS model: class ids, Cityscapes label ids, overlay, attention.
 
-``python -m hms_core.predict IMAGES_OR_FOLDERS --model models/hms/model.pt --scales 0.5 1.0 2.0 --out predictions``
+``python -m hms_core.tools.predict IMAGES_OR_FOLDERS --model models/hms/model.pt --scales 0.5 1.0 2.0 --out predictions``
 
 Per image ``{stem}`` it writes to ``--out``:
 
 * ``{stem}_classIds.png``: our class ids (``data.grouping`` of the model);
-* ``{stem}_labelIds.png``: Cityscapes label ids (:func:`hms_core.labelmap.class_label_ids`);
+* ``{stem}_labelIds.png``: Cityscapes label ids (:func:`hms_core.data.labelmap.class_label_ids`);
 * ``{stem}_overlay.png``: the image blended with the official colours of the predicted classes;
 * ``{stem}_attention_{scale}.png``: the attention ``a_s`` of every scale that takes part in
   the fusion with an attention head (all but the highest scale of ``--scales``), as
@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from hms_core.data import normalise as normalise_chw
-from hms_core.engine import resolve_device
-from hms_core.evaluation import attention_maps, scale_name
-from hms_core.hms import HMS, hierarchical_fusion, load_hms
+from hms_core.data.dataset import normalise as normalise_chw
+from hms_core.data.labelmap import class_colors, class_label_ids
+from hms_core.data.resize import resize
+from hms_core.evaluate.rows import attention_maps, scale_name
 from hms_core.io import atomic_write
-from hms_core.labelmap import class_colors, class_label_ids
-from hms_core.model import resize
-from hms_core.multiscale import multiscale_forward
+from hms_core.models.hms import HMS, hierarchical_fusion, load_hms
+from hms_core.models.multiscale import multiscale_forward
+from hms_core.train.engine import resolve_device
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 OVERLAY_ALPHA = 0.5  # weight of the class colour in the overlay

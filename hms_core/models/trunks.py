@@ -4,23 +4,23 @@ Every trunk returns at least two feature maps: ``low`` at stride 4 (read by the
 DeepLabV3+ decoder) and ``out`` at the trunk's output stride. The torchvision
 trunks reach stride 8 or 16, where the last stages use dilated convolutions
 instead of striding (``replace_stride_with_dilation`` for ResNet,
-``dilated=True`` for MobileNetV3). The MiT trunks (:mod:`hms_core.mit`) have
+``dilated=True`` for MobileNetV3). The MiT trunks (:mod:`hms_core.models.mit`) have
 no dilated variant: their ``out`` is at stride 32, and they also return their
 four stages ``stage1`` .. ``stage4`` for the SegFormer head.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
 
 import torch
 from torch import nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 
-MIT_TRUNKS = ("mit_b0",)  # built by hms_core.mit from HuggingFace transformers' Segformer classes
+from hms_core.models.mit import MIT_TRUNKS, MitTrunk
+from hms_core.models.weights import PRETRAINED_IMAGENET, PRETRAINED_NONE, load_checked, read_state_dict
+
 TRUNKS = ("resnet50", "resnet101", "mobilenet_v3_large", *MIT_TRUNKS)
-PRETRAINED_NONE, PRETRAINED_IMAGENET = "none", "imagenet"
 # The output strides each trunk can be built at (the stride of its ``out`` features).
 OUTPUT_STRIDES = {"resnet50": (8, 16), "resnet101": (8, 16), "mobilenet_v3_large": (16,), "mit_b0": (32,)}
 
@@ -58,38 +58,6 @@ def _classifier_net(name: str, output_stride: int) -> nn.Module:
     raise ValueError(f"trunk: unknown trunk {name!r}; expected one of {', '.join(TRUNKS)}")
 
 
-def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """The state dict saved at ``path``, read with ``weights_only=True``; errors are one line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained: no state dict file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, or pickled objects other than tensors (a whole model)
-        raise ValueError(f"pretrained: {path} is not a readable state dict of tensors ({type(exc).__name__}); "
-                         f"save one with torch.save(model.state_dict(), path)") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"pretrained: {path} holds a {type(state).__name__}, expected a state dict")
-    return state
-
-
-def load_checked(net: nn.Module, state: dict[str, Any], name: str, path: str | Path,
-                 skip: Iterable[str] = ()) -> None:
-    """Load ``state`` into ``net`` after checking that every key and shape fits (but ``skip``'s keys,
-    which ``net`` holds and the file need not)."""
-    target = net.state_dict()
-    skip = set(skip)
-    missing = [k for k in target if k not in state and k not in skip]
-    unexpected = [k for k in state if k not in target]
-    # Checked here: load_state_dict would raise a many-line RuntimeError on shape mismatches.
-    wrong = [f"{k} {tuple(getattr(v, 'shape', ()))} vs {tuple(target[k].shape)}"
-             for k, v in state.items() if k in target and getattr(v, "shape", None) != target[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"pretrained: {path} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"wrong shape {wrong[:3]}")
-    net.load_state_dict(state, strict=False)
-
-
 def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     """Load ImageNet weights from a local file; never downloads.
 
@@ -115,7 +83,7 @@ def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED
     """Build a trunk with features ``low`` at stride 4 and ``out`` at ``output_stride``.
 
     A dilated torchvision :class:`Trunk`, or for the MiT trunks a
-    :class:`hms_core.mit.MitTrunk` (stride 32 only).
+    :class:`hms_core.models.mit.MitTrunk` (stride 32 only).
     """
     if name not in TRUNKS:
         raise ValueError(f"trunk: unknown trunk {name!r}; expected one of {', '.join(TRUNKS)}")
@@ -123,7 +91,6 @@ def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED
         raise ValueError(f"output_stride: {name} supports {' or '.join(map(str, OUTPUT_STRIDES[name]))} only, "
                          f"got {output_stride}")
     if name in MIT_TRUNKS:
-        from hms_core.mit import MitTrunk  # imported here: mit imports this module, and transformers is slow to load
         return MitTrunk(name, pretrained)
     net = _classifier_net(name, output_stride)
     if pretrained != PRETRAINED_NONE:

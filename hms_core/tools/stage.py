@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hms_core.config import ParamsError, load_params
-from hms_core.data import DataError
-from hms_core.engine import Interrupted, NonFiniteLoss
-from hms_core.transplant import TransplantError
+from hms_core.data.dataset import DataError
+from hms_core.models.transplant import TransplantError
+from hms_core.train.engine import Interrupted, NonFiniteLoss
 
 # Errors a user can fix from the message alone: print it, no traceback.
 USER_ERRORS = (ParamsError, DataError, TransplantError, NonFiniteLoss, FileNotFoundError, ValueError)
@@ -69,8 +69,8 @@ def training_session(runtime: dict, live_dir: str) -> Iterator[tuple[Any, Any | 
     # Imported here: the error handling above must not pay for torch and dvclive.
     from dvclive import Live
 
-    from hms_core.distributed import process_group, relaunch_under_torchrun
-    from hms_core.engine import resolve_device
+    from hms_core.runtime.distributed import process_group, relaunch_under_torchrun
+    from hms_core.train.engine import resolve_device
 
     device = resolve_device(runtime["device"])
     relaunch_under_torchrun(runtime, device)  # returns only when no relaunch is needed

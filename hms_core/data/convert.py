@@ -1,6 +1,6 @@
 """Convert an "images/ + masks/ + class list" dataset into the Cityscapes layout.
 
-``python -m hms_core.convert --images DIR --masks DIR --classes classes.txt --out ROOT --split train``
+``python -m hms_core.data.convert --images DIR --masks DIR --classes classes.txt --out ROOT --split train``
 
 * ``classes.txt``: one class name per line; line ``i`` (from 0) is mask value ``i``.
 * ``masks/``: single-channel PNGs of class indices, matched to ``images/`` by file stem.
@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from hms_core.data import IMAGE_SUFFIX, LABEL_SUFFIX
+from hms_core.data.dataset import IMAGE_SUFFIX, LABEL_SUFFIX
+from hms_core.data.labelmap import official_labels
 from hms_core.io import atomic_write, write_text
-from hms_core.labelmap import official_labels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_CITY = "custom"

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core.data import IGNORE
-from hms_core.heads import AttentionHead
-from hms_core.hms import HMS
-from hms_core.model import resize
-from hms_core.multiscale import ScaleOutput, multiscale_forward
+from hms_core.data.dataset import IGNORE
+from hms_core.data.resize import resize
+from hms_core.models.heads import AttentionHead
+from hms_core.models.hms import HMS
+from hms_core.models.multiscale import ScaleOutput, multiscale_forward
 
 EXPLICIT = "explicit"
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from hms_core.hms import HMS, SHARED, scale_key
 from hms_core.io import load_checkpoint
-from hms_core.model import MODEL_META_KEYS
+from hms_core.models.hms import HMS, SHARED, scale_key
+from hms_core.models.segmodel import MODEL_META_KEYS, model_meta
 
 
 class TransplantError(ValueError):
@@ -108,8 +108,6 @@ def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cl
     Returns the model (its ``meta``: architecture, mode, scales, the experts'
     training steps and epochs) and the report lines.
     """
-    from hms_core.training import model_meta  # training imports this module's neighbours
-
     scales = sorted(float(s) for s in params["scales"])
     paths = {s: Path(experts_dir) / f"scale_{s}" / "model.pt" for s in scales}
     for s, p in paths.items():

@@ -3,8 +3,8 @@
 Optimiser by param (SGD or AdamW), poly learning rate
 ``lr_t = lr * (1 - t / T) ** power``, dvclive curves, a progress bar, and a
 resumable checkpoint written atomically every ``checkpoint_every`` steps and
-on SIGINT/SIGTERM. Mixed precision comes from :mod:`hms_core.speed`; in a
-multi-process job (:mod:`hms_core.distributed`) rank 0 alone logs and writes,
+on SIGINT/SIGTERM. Mixed precision comes from :mod:`hms_core.runtime.speed`; in a
+multi-process job (:mod:`hms_core.runtime.distributed`) rank 0 alone logs and writes,
 and every rank resumes from the same checkpoint and stops at the same step.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hms_core import distributed
-from hms_core.distributed import Context
 from hms_core.io import load_checkpoint, save_checkpoint, write_text
-from hms_core.speed import Speed, deterministic_algorithms
+from hms_core.runtime import distributed
+from hms_core.runtime.distributed import Context
+from hms_core.runtime.speed import Speed, deterministic_algorithms
 
 
 class NonFiniteLoss(RuntimeError):
@@ -149,7 +149,7 @@ def fit(model: nn.Module, loss_fn: Callable[[Any], torch.Tensor],
     ``loss_fn(batch)`` returns the loss (run under ``speed``'s autocast). ``checkpoint``
     is resumed when its ``run_id`` equals this run's (same params), else training
     starts afresh. In a multi-process job (``ctx``) ``loss_fn`` returns this rank's
-    share of the global batch's loss (:func:`hms_core.distributed.global_batch_loss`).
+    share of the global batch's loss (:func:`hms_core.runtime.distributed.global_batch_loss`).
     """
     speed = speed or Speed(torch.device("cpu"))
     ctx = ctx or distributed.current()

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core.heads import AttentionHead
+from hms_core.data.resize import resize, resize_image, scaled_size
 from hms_core.io import load_checkpoint
-from hms_core.model import SegModel, build_seg_model, resize, resize_image, scaled_size
-from hms_core.multiscale import ScaleOutput, multiscale_forward
+from hms_core.models.heads import AttentionHead
+from hms_core.models.multiscale import ScaleOutput, multiscale_forward
+from hms_core.models.segmodel import SegModel, build_seg_model
 
 MODES = ("experts", "shared")
 SHARED = "shared"

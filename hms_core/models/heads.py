@@ -1,7 +1,7 @@
 """Segmentation heads: DeepLabV3+, plain DeepLabV3, SegFormer's all-MLP decoder, and the HMS attention head.
 
 The heads return decoder *features*; the 1x1 class classifier lives in
-:class:`hms_core.model.SegModel` so that the attention head can read the same
+:class:`hms_core.models.segmodel.SegModel` so that the attention head can read the same
 features as the classifier (Tao et al. 2020, Fig. 2).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 DEEPLAB_HEADS = ("deeplabv3plus", "deeplabv3")
-SEGFORMER = "segformer"  # hms_core.mit.SegformerHead, on the four stages of a MiT trunk
+SEGFORMER = "segformer"  # hms_core.models.mit.SegformerHead, on the four stages of a MiT trunk
 HEADS = (*DEEPLAB_HEADS, SEGFORMER)
 LOW_LEVEL_CHANNELS = 48  # DeepLabV3+ projects the stride-4 feature to 48 channels (Chen et al. 2018).
 
@@ -76,7 +76,7 @@ def build_head(name: str, out_channels_trunk: int, low_channels: int, channels: 
         if stage_channels is None or len(stage_channels) != 4:
             raise ValueError("head: segformer reads the four stages of a MiT trunk (trunk mit_b0), "
                              f"got stage widths {stage_channels}")
-        from hms_core.mit import SegformerHead  # imported here: transformers is slow to load
+        from hms_core.models.mit import SegformerHead  # imported here: transformers is slow to load
         return SegformerHead(stage_channels, channels)
     if name == "deeplabv3plus":
         return DeepLabV3PlusHead(out_channels_trunk, low_channels, channels, atrous_rates)

@@ -4,38 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hms_core.heads import DEEPLAB_HEADS, HEADS, SEGFORMER, build_head
-from hms_core.trunks import MIT_TRUNKS, OUTPUT_STRIDES, PRETRAINED_NONE, build_trunk
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False); the identity when the size already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The one image resize of training and inference: bilinear (align_corners=False),
-    antialiased when either side shrinks; the identity when the size already matches.
-
-    Experts learn on antialiased downscales (``data.random_scale_crop_flip``), so
-    HMS, evaluation, prediction and export must shrink images the same way: a
-    model sees at test time the same kind of pixels it was trained on.
-    """
-    size = (int(size[0]), int(size[1]))
-    if tuple(image.shape[-2:]) == size:
-        return image
-    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=bool(shrink))
-
-
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    """Spatial size of an image of ``size`` resized by factor ``scale``."""
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+from hms_core.data.labels import build_grouping
+from hms_core.data.resize import resize
+from hms_core.models.heads import DEEPLAB_HEADS, HEADS, SEGFORMER, build_head
+from hms_core.models.mit import MIT_TRUNKS
+from hms_core.models.trunks import OUTPUT_STRIDES, build_trunk
+from hms_core.models.weights import PRETRAINED_NONE
 
 
 def heads_for_trunk(trunk: str) -> tuple[str, ...]:
@@ -104,3 +80,15 @@ def build_seg_model(meta: dict[str, Any], pretrained: str = PRETRAINED_NONE) -> 
     """Build a :class:`SegModel` from the architecture fields saved with every checkpoint."""
     return SegModel(meta["trunk"], meta["head"], meta["num_classes"], meta["output_stride"],
                     meta["head_channels"], tuple(meta["atrous_rates"]), pretrained)
+
+
+def model_meta(params: dict[str, Any]) -> dict[str, Any]:
+    """Architecture fields saved with every checkpoint, taken from params."""
+    return {
+        "trunk": params["trunk"], "head": params["head"],
+        "num_classes": build_grouping(params["data"]["grouping"]).num_classes,
+        "output_stride": params["output_stride"], "head_channels": params["model"]["head_channels"],
+        "atrous_rates": list(params["model"]["atrous_rates"]),
+        "attention_channels": params["model"]["attention_channels"],
+        "grouping": params["data"]["grouping"],
+    }

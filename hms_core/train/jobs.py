@@ -2,10 +2,10 @@
 baseline's fine-tuning (the library behind ``stages/train.py``, ``stages/finetune.py``
 and ``stages/finetune_explicit.py``).
 
-Each step runs as one module call (:mod:`hms_core.losses`) so that
+Each step runs as one module call (:mod:`hms_core.train.losses`) so that
 DistributedDataParallel and ``torch.compile`` see the whole forward pass and loss.
 In a multi-process job ``batch_size`` is per process: N processes train on global
-batches of ``N * batch_size`` (see :mod:`hms_core.distributed`).
+batches of ``N * batch_size`` (see :mod:`hms_core.runtime.distributed`).
 """
 from __future__ import annotations
 
@@ -15,31 +15,18 @@ from typing import Any, Iterator
 
 import torch
 
-from hms_core import distributed
-from hms_core.data import TrainSet, read_index
-from hms_core.distributed import Context
-from hms_core.engine import fit, resolve_device, seed_everything
-from hms_core.explicit import ExplicitAttention
-from hms_core.fingerprint import resume_run_id
-from hms_core.hms import HMS
+from hms_core.data.dataset import TrainSet, read_index
 from hms_core.io import save_checkpoint
-from hms_core.labels import build_grouping
-from hms_core.losses import ExpertLoss, ExplicitLoss, PairLoss, batch_loss, class_weights, pair_batch_loss
-from hms_core.model import build_seg_model
-from hms_core.speed import Speed, configure_backends, cpu_state_dict
-from hms_core.streams import images_seen, sample_stream
-
-
-def model_meta(params: dict[str, Any]) -> dict[str, Any]:
-    """Architecture fields saved with every checkpoint, taken from params."""
-    return {
-        "trunk": params["trunk"], "head": params["head"],
-        "num_classes": build_grouping(params["data"]["grouping"]).num_classes,
-        "output_stride": params["output_stride"], "head_channels": params["model"]["head_channels"],
-        "atrous_rates": list(params["model"]["atrous_rates"]),
-        "attention_channels": params["model"]["attention_channels"],
-        "grouping": params["data"]["grouping"],
-    }
+from hms_core.models.explicit import ExplicitAttention
+from hms_core.models.hms import HMS
+from hms_core.models.segmodel import build_seg_model, model_meta
+from hms_core.runtime import distributed
+from hms_core.runtime.distributed import Context
+from hms_core.runtime.speed import Speed, configure_backends, cpu_state_dict
+from hms_core.train.engine import fit, resolve_device, seed_everything
+from hms_core.train.fingerprint import resume_run_id
+from hms_core.train.losses import ExpertLoss, ExplicitLoss, PairLoss, batch_loss, class_weights, pair_batch_loss
+from hms_core.train.streams import images_seen, sample_stream
 
 
 def _setup(params: dict[str, Any]) -> tuple[Speed, Context]:

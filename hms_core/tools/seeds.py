@@ -4,7 +4,7 @@ Usage (from the repository root, after the experiments have run)::
 
     dvc exp run --queue -S seed=0 ; dvc exp run --queue -S seed=1 ; dvc exp run --queue -S seed=2
     dvc queue start --jobs 1            # then wait: dvc queue status
-    python -m hms_core.seeds            # prints the markdown tables
+    python -m hms_core.tools.seeds            # prints the markdown tables
 
 What it does:
 
@@ -488,7 +488,7 @@ def report(experiments: Experiments, metric: str = "mIoU", hms: str | None = Non
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hms_core.seeds",
+        prog="python -m hms_core.tools.seeds",
         description="Mean ± sample std over seeds of the rows of metrics/eval.json in the DVC experiments, "
                     "and the paired differences of the main HMS row against every other row.")
     parser.add_argument("--repo", default=".", help="the DVC repository (default: .)")
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seeds: {note}", file=sys.stderr)
     print(text, end="")
     if args.out or args.json:
-        from hms_core.io import write_text   # imported here: printing the table needs no torch
+        from hms_core.io import write_text  # imported here: printing the table needs no torch
         if args.out:
             write_text(args.out, text)
         if args.json:

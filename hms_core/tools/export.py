@@ -1,9 +1,9 @@
 """Export HMS inference at fixed scales and a fixed image size to TorchScript.
 
-``python -m hms_core.export --model models/hms/model.pt --scales 0.5 1.0 2.0 --height 1024 --width 2048 --out models/hms/model.ts``
+``python -m hms_core.tools.export --model models/hms/model.pt --scales 0.5 1.0 2.0 --height 1024 --width 2048 --out models/hms/model.ts``
 
 The exported module maps a normalised image batch [B, 3, H, W] (ImageNet mean/std,
-as :func:`hms_core.data.load_sample`) to class logits [B, C, H, W]. It is traced
+as :func:`hms_core.data.dataset.load_sample`) to class logits [B, C, H, W]. It is traced
 (``torch.jit.trace``), so the resize sizes of every scale are fixed at the traced
 ``H x W``: feed it images of exactly that size. The archive carries ``meta.json``
 (scales, size, classes, normalisation), readable with ``torch.jit.load(...,
@@ -22,13 +22,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hms_core.data import MEAN, STD
-from hms_core.hms import HMS, hierarchical_fusion
+from hms_core.data.dataset import MEAN, STD
+from hms_core.data.labels import build_grouping
+from hms_core.data.resize import resize, scaled_size
 from hms_core.io import atomic_write
-from hms_core.labels import build_grouping
-from hms_core.model import resize, scaled_size
-from hms_core.multiscale import multiscale_forward
-from hms_core.predict import PredictError, check_scales, load_model
+from hms_core.models.hms import HMS, hierarchical_fusion
+from hms_core.models.multiscale import multiscale_forward
+from hms_core.tools.predict import PredictError, check_scales, load_model
 
 META_FILE = "meta.json"
 
@@ -38,7 +38,7 @@ class FixedScaleHMS(nn.Module):
 
     The same computation as ``HMS(image, scales)``, with every resize size computed
     here as a Python int: tracing turns ``image.shape`` into tensors, which
-    :func:`hms_core.model.scaled_size` cannot round.
+    :func:`hms_core.models.segmodel.scaled_size` cannot round.
     """
 
     def __init__(self, model: HMS, scales: Sequence[float], height: int, width: int) -> None:

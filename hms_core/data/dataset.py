@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from hms_core.fastpng import decode_rgb8
+from hms_core.data.fastpng import decode_rgb8
+from hms_core.data.labelmap import unmapped_ids
+from hms_core.data.labels import Grouping
+from hms_core.data.resize import scaled_size
 from hms_core.io import atomic_write, write_json
-from hms_core.labelmap import unmapped_ids
-from hms_core.labels import Grouping
-from hms_core.model import scaled_size
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -78,7 +78,7 @@ def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: G
                   label_map: np.ndarray | None = None) -> dict[str, Any]:
     """Group the label ids of ``split`` and write class-id PNGs plus ``{split}.json``.
 
-    ``label_map`` (see :mod:`hms_core.labelmap`) first turns a dataset's own ids into
+    ``label_map`` (see :mod:`hms_core.data.labelmap`) first turns a dataset's own ids into
     official label ids.
 
     Returns the split's statistics (images, pixels per class).
@@ -296,7 +296,7 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: floa
     """Paired training transform of uint8 ``[3, h, w]`` and ``[h, w]``: resize by ``scale * U(jitter)``,
     random ``crop x crop`` crop, random flip (:func:`draw_crop`); uint8 out.
 
-    Geometrically the crop of the whole image resized by :func:`hms_core.model.resize_image`
+    Geometrically the crop of the whole image resized by :func:`hms_core.models.segmodel.resize_image`
     (bilinear, antialiased when shrinking: the resize of inference too) and of the label
     resized by nearest neighbour, padded with the mean colour and 255 where the resized
     image is smaller than the crop. Only the source window under the crop is resized: at

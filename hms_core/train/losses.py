@@ -2,7 +2,7 @@
 :class:`ExplicitLoss`), so that DistributedDataParallel and ``torch.compile`` see the whole
 forward pass and loss; the class weights they take; and the glue that turns a step's loss
 into the loss of the global batch in a multi-process job (:func:`batch_loss`,
-:func:`pair_batch_loss`, over :func:`hms_core.distributed.global_batch_loss`).
+:func:`pair_batch_loss`, over :func:`hms_core.runtime.distributed.global_batch_loss`).
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core import distributed
-from hms_core.data import IGNORE
-from hms_core.distributed import Context
-from hms_core.explicit import ExplicitAttention, explicit_loss
-from hms_core.hms import HMS, hms_pair_loss
-from hms_core.model import SegModel
+from hms_core.data.dataset import IGNORE
+from hms_core.models.explicit import ExplicitAttention, explicit_loss
+from hms_core.models.hms import HMS, hms_pair_loss
+from hms_core.models.segmodel import SegModel
+from hms_core.runtime import distributed
+from hms_core.runtime.distributed import Context
 
 
 def class_weights(prepared: str | Path, power: float, device: torch.device) -> torch.Tensor | None:

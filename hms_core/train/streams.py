@@ -1,8 +1,8 @@
 """The training sample streams: a rank's device-ready batches of a run's deterministic sample
-stream (:class:`hms_core.data.StreamSampler`), and the number of crops they draw.
+stream (:class:`hms_core.data.dataset.StreamSampler`), and the number of crops they draw.
 
 In a multi-process job ``batch_size`` is per process: N processes train on global batches
-of ``N * batch_size`` (see :mod:`hms_core.distributed`).
+of ``N * batch_size`` (see :mod:`hms_core.runtime.distributed`).
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any, Iterator
 
 import torch
 
-from hms_core.data import StreamSampler, TrainSet, training_inputs
-from hms_core.distributed import Context
-from hms_core.speed import Speed
+from hms_core.data.dataset import StreamSampler, TrainSet, training_inputs
+from hms_core.runtime.distributed import Context
+from hms_core.runtime.speed import Speed
 
 
 def sample_stream(dataset: TrainSet, cfg: dict[str, Any], start: int, workers: int, speed: Speed, ctx: Context
@@ -23,7 +23,7 @@ def sample_stream(dataset: TrainSet, cfg: dict[str, Any], start: int, workers: i
     Step ``t`` covers the global positions ``[t * N * b, (t + 1) * N * b)``
     (``N`` processes, per-process batch ``b``); rank ``r`` takes the ``r``-th slice.
     The loader ships uint8 crops (pinned on CUDA); they are normalised on the device here,
-    for every training stream alike (:func:`hms_core.data.training_inputs`).
+    for every training stream alike (:func:`hms_core.data.dataset.training_inputs`).
     """
     b, n, seed = cfg["batch_size"], ctx.world_size, dataset.seed
     sampler = StreamSampler(len(dataset), seed, start * b * n, cfg["steps"] * b * n,

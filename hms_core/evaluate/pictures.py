@@ -16,13 +16,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from hms_core.data import MEAN, STD
-from hms_core.evaluation import Row, attention_maps, method_label, predict_rows
-from hms_core.hms import HMS
+from hms_core.data.dataset import MEAN, STD
+from hms_core.data.labelmap import class_colors
+from hms_core.data.labels import Grouping
+from hms_core.evaluate.rows import Row, attention_maps, method_label, predict_rows
 from hms_core.io import atomic_write
-from hms_core.labelmap import class_colors
-from hms_core.labels import Grouping
-from hms_core.speed import Speed
+from hms_core.models.hms import HMS
+from hms_core.runtime.speed import Speed
 
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -46,7 +46,7 @@ def prediction_panel(model: HMS, image: torch.Tensor, label: torch.Tensor, group
                      speed: Speed | None = None, title: str = "") -> None:
     """One figure: image, ground truth, every row's prediction, and HMS attention heat maps.
 
-    The models run on ``speed``'s device (default: the CPU) like in :func:`hms_core.evaluation.evaluate`.
+    The models run on ``speed``'s device (default: the CPU) like in :func:`hms_core.evaluate.rows.evaluate`.
     """
     speed = speed or Speed(torch.device("cpu"))
     with speed.autocast():

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from hms_core.evaluation import Row, predict_rows
-from hms_core.hms import HMS
-from hms_core.speed import Speed
+from hms_core.evaluate.rows import Row, predict_rows
+from hms_core.models.hms import HMS
+from hms_core.runtime.speed import Speed
 
 
 def count_parameters(modules: Iterable[nn.Module]) -> int:
@@ -81,7 +81,7 @@ def row_modules(model: HMS, row: Row, explicit: HMS | None = None) -> list[nn.Mo
 def inference_costs(model: HMS, image: torch.Tensor, rows: dict[str, Row], speed: Speed,
                     explicit: HMS | None = None, repeats: int = 3) -> dict[str, dict]:
     """``{row: {params, ms_per_image, peak_mem_mb}}`` for one image batch, each row predicted
-    alone through :func:`hms_core.evaluation.predict_rows` under ``speed``'s autocast."""
+    alone through :func:`hms_core.evaluate.rows.predict_rows` under ``speed``'s autocast."""
     image = speed.to_device(image)
     out = {}
     for name, row in rows.items():

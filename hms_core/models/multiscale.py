@@ -5,7 +5,7 @@ and the cost measurement all run their scales through :func:`multiscale_forward`
 so every one of them resizes, runs branches and attention heads, and mirrors
 the same way.
 
-For scale ``s`` the image is resized by ``s`` (:func:`hms_core.model.resize_image`,
+For scale ``s`` the image is resized by ``s`` (:func:`hms_core.models.segmodel.resize_image`,
 the resize of training) and run through the branch of ``s`` (or of
 ``source_scale``: the one-model multi-scale baseline runs the scale-1.0 model at
 every scale). ``p_s`` are the class logits and ``a_s`` the attention, both at
@@ -14,14 +14,18 @@ the HMS chain (it has no higher scale to defer to), so it is not computed.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import torch
 
-from hms_core.model import scaled_size
+from hms_core.data.resize import scaled_size
 
-if TYPE_CHECKING:  # hms imports this module
-    from hms_core.hms import HMS
+
+class Branches(Protocol):
+    """A model with a branch per scale (:class:`hms_core.models.hms.HMS`, which imports this module)."""
+
+    def branch_forward(self, image: torch.Tensor, scale: float, size: tuple[int, int], *,
+                       attention: bool = True, features: bool = False) -> "ScaleOutput": ...
 
 
 class ScaleOutput(NamedTuple):
@@ -32,7 +36,7 @@ class ScaleOutput(NamedTuple):
     features: torch.Tensor | None = None
 
 
-def multiscale_forward(model: "HMS", image: torch.Tensor, scales: Sequence[float], *, attention: bool = True,
+def multiscale_forward(model: Branches, image: torch.Tensor, scales: Sequence[float], *, attention: bool = True,
                        features: bool = False, flip: bool = False, source_scale: float | None = None,
                        sizes: dict[float, tuple[int, int]] | None = None) -> dict[float, ScaleOutput]:
     """Run ``image`` [B, 3, H, W] at every scale of ``scales``; ``{s: ScaleOutput}`` in ascending order.

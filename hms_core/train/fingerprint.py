@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from hms_core.data import read_index
-from hms_core.distributed import Context
+from hms_core.data.dataset import read_index
+from hms_core.runtime.distributed import Context
 
 
 def inputs_fingerprint(prepared: str | Path, start: nn.Module | None = None) -> str:
