@@ -13,7 +13,7 @@ from typing import Any, Callable
 from hms_core.data.labels import GROUPINGS
 from hms_core.io import read_yaml
 from hms_core.models.heads import HEADS
-from hms_core.models.hms import MODES
+from hms_core.models.hms import MODES, nearest_expert
 from hms_core.models.mit import MIT_TRUNKS
 from hms_core.models.segmodel import architecture_error
 from hms_core.models.trunks import TRUNKS
@@ -211,8 +211,10 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         if float(hms["shared_source_scale"]) not in scales:
             _fail("hms.shared_source_scale", f"one of scales {sorted(scales)}", hms["shared_source_scale"])
     for i, chain in enumerate(params["evaluate"]["hms_scales"]):
-        if hms["mode"] == "experts" and not {float(s) for s in chain} <= scales:
-            _fail(f"evaluate.hms_scales[{i}]", f"a subset of scales {sorted(scales)} in experts mode", chain)
+        if hms["mode"] == "experts" and any(nearest_expert(scales, s) is None for s in chain):
+            _fail(f"evaluate.hms_scales[{i}]", f"scales of experts {sorted(scales)}, or scales without an "
+                  f"expert that are nearer to a lower expert than to the top one (they run that expert and "
+                  f"its attention head) in experts mode", chain)
     if hms["mode"] == "experts" and len(scales) < 2:
         _fail("scales", "at least two scales for HMS", params["scales"])
     runtime = params["runtime"]

@@ -1,5 +1,6 @@
-"""Stage evaluate: every single-scale model, avg/max pooling, the scale-1.0 model at several scales
-(TTA), HMS and the explicit-attention baseline on the val split at full label resolution; tables,
+"""Stage evaluate: every single-scale model, avg/max pooling, the scale-1.0 branch at several scales
+(TTA), HMS, the explicit-attention baseline and the equal-budget control (one scale-1.0 network
+trained on as many images as the whole HMS pipeline) on the val split at full label resolution; tables,
 confusion matrices, per-class attention, costs, pictures, and the predictions the official_check
 stage scores."""
 import argparse
@@ -21,7 +22,9 @@ from hms_core.evaluate.rows import (
     attention_means,
     chain_name,
     confusion_report,
+    control_specs,
     evaluate,
+    headline_chain,
     markdown_table,
     results,
     row_names,
@@ -31,6 +34,7 @@ from hms_core.evaluate.rows import (
 from hms_core.io import write_json, write_text
 from hms_core.models.explicit import ExplicitAttention
 from hms_core.models.hms import load_hms
+from hms_core.models.transplant import single_network
 from hms_core.runtime.speed import Speed, configure_backends
 from hms_core.tools.stage import run_stage, stage_parser
 from hms_core.train.engine import resolve_device, seed_everything
@@ -64,9 +68,21 @@ def main(args: argparse.Namespace, params: dict) -> None:
                               writer.collect if writer.enabled else None, cfg["window"])
     res = results(evaluation.confusion, grouping.class_names)
     costs = inference_costs(model, dataset[0][0][None], rows, speed, explicit) if cfg["costs"] else None
+    table_data = table_rows(res, rows, model.meta, explicit.meta if explicit else None, costs)
+    if args.control:
+        # The equal-budget control runs through the same rows as its own model: alone and with TTA.
+        control = single_network(args.control, headline_chain(chains))
+        control_rows = control_specs(chains, cfg["flip"])
+        control_eval = evaluate(control, loader, control_rows, grouping.num_classes, speed, window=cfg["window"])
+        control_res = results(control_eval.confusion, grouping.class_names)
+        control_costs = (inference_costs(control, dataset[0][0][None], control_rows, speed)
+                         if cfg["costs"] else None)
+        table_data += table_rows(control_res, control_rows, control.meta, None, control_costs)
+        res.update(control_res)
+        evaluation.confusion.update(control_eval.confusion)
+        costs = None if costs is None else {**costs, **control_costs}
 
     out = Path(args.out)
-    table_data = table_rows(res, rows, model.meta, explicit.meta if explicit else None, costs)
     iou_columns = [f"IoU {c}" for c in grouping.class_names]
     table = markdown_table(table_data, TABLE_COLUMNS + (COST_COLUMNS if costs else [])) + \
         "\nIoU per class (%), the best row of each class in bold\n\n" + \
@@ -94,6 +110,7 @@ if __name__ == "__main__":
     parser = stage_parser(__doc__)
     parser.add_argument("--model", default="models/hms/model.pt")
     parser.add_argument("--explicit", default=None, help="explicit-attention baseline model (optional)")
+    parser.add_argument("--control", default=None, help="equal-budget control network (optional)")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="metrics")
     parser.add_argument("--predictions", default="data/predictions", help="the official check's predictions")

@@ -1,5 +1,8 @@
 """Stage train (one per scale): a trunk + DeepLab head trained at one image scale.
 
+Stage train_control (``--control``): the equal-budget control, one scale-1.0 network trained
+with the same recipe on as many images as the whole HMS pipeline (experts + fine-tuning).
+
 With ``runtime.gpus: N > 1`` the script re-executes itself under torchrun in N
 processes (DistributedDataParallel); rank 0 logs and writes the outputs.
 """
@@ -10,15 +13,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hms_core.tools.stage import run_stage, stage_parser, training_session
-from hms_core.train.jobs import train_expert
+from hms_core.train.jobs import control_steps, train_expert
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
-    if float(args.scale) not in [float(s) for s in params["scales"]]:
+    if args.control and float(args.scale) != 1.0:
+        raise ValueError(f"--scale {args.scale}: the equal-budget control trains at scale 1.0")
+    if not args.control and float(args.scale) not in [float(s) for s in params["scales"]]:
         raise ValueError(f"--scale {args.scale} is not in params scales {params['scales']}")
+    steps = control_steps(params) if args.control else None
     with training_session(params["runtime"], args.live) as (ctx, live):
         summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
-                               args.checkpoint, live)
+                               args.checkpoint, live, steps)
         if live is not None:
             live.summary.update({"epochs": summary["epochs"]})
     if ctx.is_main:
@@ -29,6 +35,8 @@ def main(args: argparse.Namespace, params: dict) -> None:
 if __name__ == "__main__":
     parser = stage_parser(__doc__)
     parser.add_argument("--scale", required=True, type=float)
+    parser.add_argument("--control", action="store_true",
+                        help="train the equal-budget control (as many images as experts + fine-tuning)")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", required=True, help="folder for model.pt")
     parser.add_argument("--checkpoint", required=True, help="resumable checkpoint (persisted)")

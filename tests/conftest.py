@@ -25,8 +25,8 @@ def tiny_meta():
 
 
 TINY_PARAMS = {
-    # The three-expert pipeline (presets/experts.yaml): most tests exercise its three train stages and
-    # per-scale heads; test_pipeline.py runs the default shared mode as its own experiment.
+    # The default three-expert pipeline with frozen experts (the attention-only fine-tuning path);
+    # test_pipeline.py runs the default end-to-end fine-tuning and the shared preset as experiments.
     "scales": [0.5, 1.0, 2.0],
     "hms": {"mode": "experts"},
     "model": {"head_channels": 8, "attention_channels": 8, "atrous_rates": [2, 4, 6]},

@@ -96,7 +96,7 @@ def test_prepare_names_the_bad_file_and_writes_nothing(raw, tmp_path, fault, mes
     ({"train": {"lr": "fast"}}, "'train.lr' must be a positive number, got 'fast'"),
     ({"train": {"steps": 2.5}}, "'train.steps' must be an integer >= 1, got 2.5"),
     ({"train": {"hflip": "yes"}}, "'train.hflip' must be true or false"),
-    ({"evaluate": {"hms_scales": [[0.5, 0.75, 1.0]]}}, r"'evaluate.hms_scales\[0\]' must be a subset of scales"),
+    ({"evaluate": {"hms_scales": [[0.5, 1.0, 3.0]]}}, r"'evaluate.hms_scales\[0\]' must be scales of experts"),
     ({"output_stride": 8}, "'output_stride' must be 16 for trunk mobilenet_v3_large"),
     ({"hms": {"shared_pairs": [0.5, 1.0]}}, r"'hms.shared_pairs' must be a non-empty list of distinct pairs"),
     ({"hms": {"shared_pairs": [[1.0, 0.5]]}}, r"'hms.shared_pairs' must be .* with low < high"),

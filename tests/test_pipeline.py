@@ -11,8 +11,9 @@ import yaml
 from conftest import copy_pipeline, init_and_repro, run_command, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "tta_0.5-1.0-2.0", "tta_flip_0.5-1.0-2.0",
-        "hms_0.5-1.0", "hms_0.5-1.0-2.0", "explicit_0.5-1.0-2.0"]
+ROWS = ["scale_0.5", "scale_1.0", "scale_2.0", "avg", "max", "avg_0.5-1.0", "avg_0.25-0.5-1.0-2.0",
+        "tta_0.5-1.0-2.0", "tta_flip_0.5-1.0-2.0", "hms_0.5-1.0", "hms_0.25-0.5-1.0-2.0", "hms_0.5-1.0-2.0",
+        "explicit_0.5-1.0-2.0", "control_1.0", "control_tta_0.5-1.0-2.0", "control_tta_flip_0.5-1.0-2.0"]
 CLASSES = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
@@ -42,7 +43,7 @@ def test_repro_records_confusion_attention_budgets_and_the_official_check(repo):
     for row in confusion["rows"].values():  # every row is scored on the same ground truth
         assert [sum(r) for r in row["pixels"]] == pixels
     attention = json.loads((metrics / "attention.json").read_text())
-    assert attention["chain"] == "0.5-1.0-2.0" and set(attention) == {"chain", "a_0.5", "a_1.0"}
+    assert attention["chain"] == "0.25-0.5-1.0-2.0" and set(attention) == {"chain", "a_0.25", "a_0.5", "a_1.0"}
     assert all(0 < v < 1 for c, v in attention["a_1.0"].items() if v == v)
     official = json.loads((metrics / "official.json").read_text())
     assert official["row"] == "hms_0.5-1.0-2.0" and official["agreement"] is True
@@ -53,6 +54,10 @@ def test_repro_records_confusion_attention_budgets_and_the_official_check(repo):
     assert (table["scale_1.0"]["train images"], table["scale_1.0"]["finetune images"]) == ("6", "0")
     assert (table["hms_0.5-1.0-2.0"]["train images"], table["hms_0.5-1.0-2.0"]["finetune images"]) == ("18", "8")
     assert table["explicit_0.5-1.0-2.0"]["finetune images"] == "8"
+    # The equal-budget control: one scale-1.0 network on as many images as all of HMS (18 + 8).
+    for row in ("control_1.0", "control_tta_0.5-1.0-2.0"):
+        assert (table[row]["train images"], table[row]["finetune images"]) == ("26", "0"), row
+    assert "equal-budget scale-1.0 network" in (metrics / "table.md").read_text()
 
 
 def test_second_repro_does_nothing(repo):
@@ -106,7 +111,8 @@ def test_metrics_show_lists_rows(repo):
 
 def test_exp_run_with_another_trunk(repo):
     out = run_command(["dvc", "exp", "run", "-S", "trunk=resnet50"], repo)
-    assert "Running stage 'train@1.0'" in out
+    for stage in ("train@0.5", "train@1.0", "train@2.0", "train_control", "transplant", "finetune"):
+        assert f"Running stage '{stage}'" in out, stage
     shown = run_command(["dvc", "exp", "show", "--csv"], repo)
     assert "resnet50" in shown and "mobilenet_v3_large" in shown
 
@@ -147,16 +153,32 @@ def test_predict_on_val_images(repo, tmp_path):
                 assert im.size == size, (image.name, suffix)
 
 
+def test_experts_fine_tuned_end_to_end(repo):
+    # The default params.yaml: the transplanted experts train with the attention on both pairs.
+    run_command(["dvc", "exp", "run", "-S", "finetune.train_all=true"], repo)
+    table = {r["row"]: r for r in csv.DictReader(io.StringIO((repo / "metrics" / "table.csv").read_text()))}
+    # The pairs (2 pairs x 2 steps x 2) changed every expert: single and pooling rows count them too.
+    assert (table["scale_2.0"]["train images"], table["scale_2.0"]["finetune images"]) == ("6", "8")
+    assert (table["avg"]["train images"], table["avg"]["finetune images"]) == ("18", "8")
+    assert (table["control_1.0"]["train images"], table["control_1.0"]["finetune images"]) == ("26", "0")
+
+
 def test_shared_mode_trains_one_model_end_to_end(repo):
-    # The default mode of params.yaml, the paper's model: one expert (scale 1.0), then the pairs train it
-    # and the attention together. Last in this file: the run leaves its params and models in the workspace.
+    # presets/shared.yaml, the paper's model: one expert (scale 1.0), then the pairs train it and the
+    # attention together. Last in this file: the run leaves its params and models in the workspace.
+    shared = yaml.safe_load((ROOT / "presets" / "shared.yaml").read_text())
+    assert shared["hms"]["mode"] == "shared" and shared["scales"] == [1.0]
     out = run_command(["dvc", "exp", "run", "-S", "hms.mode=shared", "-S", "scales=[1.0]",
                        "-S", "finetune.train_all=true"], repo)
     # The scale-1.0 expert's recipe is unchanged (it is restored, not retrained); no other expert exists.
     assert "train@0.5" not in out and "train@2.0" not in out and "Running stage 'finetune'" in out
     results = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert list(results) == ROWS  # the one model runs at every scale of the chains
+    # The one model runs at every scale of the chains, 0.25 included.
+    assert [r for r in results if r.startswith("scale_")] == ["scale_0.25", "scale_0.5", "scale_1.0", "scale_2.0"]
+    assert {"hms_0.25-0.5-1.0-2.0", "avg_0.5-1.0-2.0", "control_1.0"} <= set(results)
     table = {r["row"]: r for r in csv.DictReader(io.StringIO((repo / "metrics" / "table.csv").read_text()))}
     # One model of 3 steps x batch 2; the pairs' fine-tuning (1 pair x 2 steps x 2) trained all of it,
-    # so every row that runs it counts those images too.
-    assert {(r["train images"], r["finetune images"]) for r in table.values()} == {("6", "4")}
+    # so every row that runs it counts those images too; the control gets as many (6 + 4).
+    assert {(r["train images"], r["finetune images"]) for n, r in table.items()
+            if not n.startswith("control_")} == {("6", "4")}
+    assert (table["control_1.0"]["train images"], table["control_1.0"]["finetune images"]) == ("10", "0")

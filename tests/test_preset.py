@@ -35,12 +35,12 @@ def test_camvid_preset_is_valid_and_its_label_map_covers_every_class():
     assert all(lut[i] != 255 for i in range(n))
 
 
-def test_default_params_are_shared_mode_and_the_experts_preset_restores_three_experts():
+def test_default_params_are_three_experts_and_the_shared_preset_gives_the_one_network_model():
     default = validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert (default["hms"]["mode"], default["scales"], default["finetune"]["train_all"]) == ("shared", [1.0], True)
-    experts = validate(merged(default, yaml.safe_load((ROOT / "presets" / "experts.yaml").read_text())))
-    assert (experts["hms"]["mode"], experts["scales"], experts["finetune"]["train_all"]) == \
-        ("experts", [0.5, 1.0, 2.0], False)
+    assert (default["hms"]["mode"], default["scales"], default["finetune"]["train_all"]) == \
+        ("experts", [0.5, 1.0, 2.0], True)
+    shared = validate(merged(default, yaml.safe_load((ROOT / "presets" / "shared.yaml").read_text())))
+    assert (shared["hms"]["mode"], shared["scales"], shared["hms"]["shared_pairs"]) == ("shared", [1.0], [[0.5, 1.0]])
 
 
 def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):

@@ -62,10 +62,17 @@ def hms_rows(hms_scales: Sequence[Sequence[float]]) -> dict[str, Sequence[float]
     return {"hms_" + chain_name(chain): chain for chain in hms_scales}
 
 
+def headline_chain(hms_scales: Sequence[Sequence[float]]) -> tuple[float, ...]:
+    """The chain of the table's headline HMS row: the last of ``evaluate.hms_scales`` (the row the
+    official check scores, and the scales of the TTA and control rows)."""
+    return tuple(sorted(float(s) for s in hms_scales[-1]))
+
+
 def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]],
               explicit_scales: Sequence[float] | None = None, flip: bool = False) -> dict[str, Row]:
-    """Every row of the table in order: single scales, average and max pooling, the one-model
-    multi-scale baseline (TTA) at the longest HMS chain's scales, without and with flip,
+    """Every row of the table in order: single scales, average and max pooling over every scale,
+    average pooling over each HMS chain of other scales (``avg_0.5-1.0`` beside ``hms_0.5-1.0``),
+    the HMS model's scale-1.0 branch at the headline chain's scales (TTA), without and with flip,
     the HMS chains, and the explicit baseline when ``explicit_scales`` is given.
 
     ``flip`` (``evaluate.flip``) mirrors every row; the TTA-with-flip row is then the TTA row.
@@ -73,15 +80,36 @@ def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]],
     every = tuple(sorted(float(s) for s in scales))
     specs = {name: Row("single", (s,), flip) for name, s in single_rows(scales).items()}
     specs.update({"avg": Row("avg", every, flip), "max": Row("max", every, flip)})
-    longest = tuple(sorted(float(s) for s in max(hms_scales, key=len)))
-    specs["tta_" + chain_name(longest)] = Row("tta", longest, flip)
-    if not flip:
-        specs["tta_flip_" + chain_name(longest)] = Row("tta", longest, True)
+    for chain in hms_scales:
+        chain = tuple(sorted(float(s) for s in chain))
+        if chain != every:
+            specs["avg_" + chain_name(chain)] = Row("avg", chain, flip)
+    specs.update(tta_rows(headline_chain(hms_scales), flip))
     specs.update({name: Row("hms", tuple(sorted(float(s) for s in chain)), flip)
                   for name, chain in hms_rows(hms_scales).items()})
     if explicit_scales is not None:
         specs["explicit_" + chain_name(explicit_scales)] = Row("explicit", tuple(explicit_scales), flip)
     return specs
+
+
+def tta_rows(chain: Sequence[float], flip: bool = False, prefix: str = "") -> dict[str, Row]:
+    """The scale-1.0 network run at every scale of ``chain`` (TTA), without and with flip
+    (only with flip when ``flip``)."""
+    chain = tuple(sorted(float(s) for s in chain))
+    specs = {f"{prefix}tta_{chain_name(chain)}": Row("tta", chain, flip)}
+    if not flip:
+        specs[f"{prefix}tta_flip_{chain_name(chain)}"] = Row("tta", chain, True)
+    return specs
+
+
+def control_specs(hms_scales: Sequence[Sequence[float]], flip: bool = False) -> dict[str, Row]:
+    """Rows of the equal-budget control (one scale-1.0 network trained on as many images as the
+    whole HMS pipeline): alone, and at the headline chain's scales without and with flip."""
+    return {CONTROL + "1.0": Row("single", (1.0,), flip),
+            **tta_rows(headline_chain(hms_scales), flip, prefix=CONTROL)}
+
+
+CONTROL = "control_"
 
 
 def row_names(scales: Sequence[float], hms_scales: Sequence[Sequence[float]]) -> list[str]:
@@ -283,11 +311,21 @@ def method_label(name: str) -> str:
         return "HMS " + name[4:].replace("-", ", ")
     if name.startswith("explicit_"):
         return "explicit attention " + name[9:].replace("-", ", ")
+    if name.startswith(CONTROL):
+        rest = name[len(CONTROL):]
+        return "equal-budget scale-1.0 network" + ("" if rest == "1.0" else method_label(rest)[len(_BRANCH):])
     if name.startswith("tta_flip_"):
-        return "scale 1.0 model at " + name[9:].replace("-", ", ") + " + flip (TTA)"
+        return _BRANCH + " at " + name[9:].replace("-", ", ") + " + flip (TTA)"
     if name.startswith("tta_"):
-        return "scale 1.0 model at " + name[4:].replace("-", ", ") + " (TTA)"
+        return _BRANCH + " at " + name[4:].replace("-", ", ") + " (TTA)"
+    if name.startswith("avg_"):
+        return "average pooling " + name[4:].replace("-", ", ")
     return {"avg": "average pooling", "max": "max pooling"}[name]
+
+
+# TTA rows run the HMS model's own scale-1.0 branch: fine-tuned when finetune.train_all (or in
+# shared mode, where it is the one network), the scale-1.0 expert as trained otherwise.
+_BRANCH = "HMS model's scale-1.0 branch"
 
 
 def confusion_report(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, Any]:

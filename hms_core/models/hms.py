@@ -8,11 +8,15 @@ one, which is why the chain works for scale sets never seen in training.
 Two modes (DESIGN.md section 2):
 
 * ``experts``: scale ``s`` runs through the DeepLab model trained at ``s``; each
-  non-top scale has its own attention head.
+  non-top scale has its own attention head. A scale below the top one that has no
+  expert (0.25 in a 0.25, 0.5, 1, 2 chain) runs the expert of the nearest scale
+  (in ``log s``) and that expert's attention head: relative attention lets the chain
+  run scale sets it never trained on.
 * ``shared``: one DeepLab model and one attention head for every scale (the paper's model).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +38,17 @@ IGNORE_INDEX = 255
 def scale_key(scale: float) -> str:
     """Module-dict key of a scale (``0.5 -> 's0_5'``); dots are not allowed in module names."""
     return "s" + f"{float(scale):g}".replace(".", "_").replace("-", "m")
+
+
+def nearest_expert(experts: Sequence[float], scale: float) -> float | None:
+    """The expert that runs ``scale`` in experts mode: its own, else the nearest in ``log s``,
+    ``argmin_e |log e - log s|`` (the lower on a tie); None when that is the top expert, which
+    has no attention head to fuse a scale below another."""
+    experts, scale = sorted(float(e) for e in experts), float(scale)
+    if scale in experts:
+        return scale
+    nearest = min(experts, key=lambda e: (abs(math.log(e / scale)), e))
+    return None if nearest == experts[-1] else nearest
 
 
 def fuse_lower(pred: torch.Tensor, p_s: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
@@ -100,12 +115,18 @@ class HMS(nn.Module):
         keys = [scale_key(s) for s in self.scales[:-1]] if self.mode == "experts" else [SHARED]
         return nn.ModuleDict({k: AttentionHead(channels, self.meta["attention_channels"]) for k in keys})
 
+    def expert_scale(self, scale: float) -> float:
+        """The expert that runs ``scale`` in experts mode (:func:`nearest_expert`)."""
+        expert = nearest_expert(self.scales, scale)
+        if expert is None:
+            raise ValueError(f"scale {scale} has no expert; in experts mode a scale without its own expert "
+                             f"must be nearer to a lower expert than to the top one ({self.scales})")
+        return expert
+
     def _key(self, scale: float, table: nn.ModuleDict) -> str | None:
         if self.mode == SHARED:
             return SHARED
-        key = scale_key(scale)
-        if table is self.branches and key not in table:
-            raise ValueError(f"scale {scale} has no expert; experts mode runs at {self.scales} only")
+        key = scale_key(self.expert_scale(scale))
         return key if key in table else None
 
     def branch(self, scale: float) -> SegModel:

@@ -115,3 +115,13 @@ def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cl
             raise FileNotFoundError(f"{p}: expert of scale {s} not found (run the train stage)")
     meta = {**model_meta(params), "mode": params["hms"]["mode"], "scales": model_scales(params)}
     return transplant(meta, paths, params["hms"]["shared_source_scale"], params["seed"], model_cls)
+
+
+def single_network(path: str | Path, scales: list[float]) -> HMS:
+    """One trained network (a ``train`` stage's ``model.pt``, e.g. the equal-budget control) as a
+    shared-mode HMS over ``scales``, so that the evaluation runs it through the same rows.
+    Its attention head is unused (seeded, never trained): only single and TTA rows read it."""
+    meta = {**load_checkpoint(path)["meta"], "mode": SHARED, "scales": sorted(float(s) for s in scales)}
+    meta.pop("scale", None)
+    model, _ = transplant(meta, {1.0: path}, 1.0)
+    return model

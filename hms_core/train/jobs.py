@@ -9,6 +9,7 @@ batches of ``N * batch_size`` (see :mod:`hms_core.runtime.distributed`).
 """
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,10 +52,28 @@ def _finetune_setup(params: dict[str, Any], model: HMS, prepared: str | Path
     return speed, ctx, read_index(prepared, "train"), weights
 
 
+def pipeline_images(params: dict[str, Any]) -> int:
+    """Training images of the whole HMS pipeline, per process:
+    ``I = S * n_train * b_train + n_ft * b_ft * P`` (``S`` experts of ``n_train`` steps of
+    ``b_train`` crops, then ``n_ft`` fine-tuning steps of one ``b_ft`` batch per pair, ``P`` pairs)."""
+    train, finetune = params["train"], params["finetune"]
+    return (len(params["scales"]) * train["steps"] * train["batch_size"]
+            + finetune["steps"] * finetune["batch_size"] * len(finetune_pairs(params)))
+
+
+def control_steps(params: dict[str, Any]) -> int:
+    """Steps of the equal-budget control: ``ceil(I / b_train)`` (:func:`pipeline_images`), so that one
+    scale-1.0 network trained with the ``train`` recipe sees as many images as the whole HMS pipeline."""
+    return math.ceil(pipeline_images(params) / params["train"]["batch_size"])
+
+
 def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out: str | Path,
-                 checkpoint: str | Path, live: Any | None = None) -> dict[str, Any]:
-    """Train trunk + head at image scale ``scale`` with cross-entropy (ignore 255)."""
+                 checkpoint: str | Path, live: Any | None = None, steps: int | None = None) -> dict[str, Any]:
+    """Train trunk + head at image scale ``scale`` with cross-entropy (ignore 255), for ``train.steps``
+    steps or ``steps`` (the equal-budget control: :func:`control_steps`)."""
     cfg, seed = params["train"], params["seed"]
+    if steps is not None:
+        cfg = {**cfg, "steps": steps}
     speed, ctx = _setup(params)
     meta = model_meta(params)
     model = speed.prepare_model(build_seg_model(meta, params["pretrained"]))
