@@ -17,9 +17,11 @@ from hms_core.models.hms import MODES, nearest_expert
 from hms_core.models.mit import MIT_TRUNKS
 from hms_core.models.segmodel import architecture_error
 from hms_core.models.trunks import TRUNKS
-from hms_core.models.weights import PRETRAINED_IMAGENET
+from hms_core.models.weights import PRETRAINED_IMAGENET, PRETRAINED_NONE
 
 PARAMS_FILE = "params.yaml"
+# Pretrained weights files live here: the train stages depend on this folder, so new weights rerun them.
+PRETRAINED_DIR = "weights"
 
 
 class ParamsError(ValueError):
@@ -196,6 +198,13 @@ def _check_architecture(params: dict[str, Any]) -> None:
     error = architecture_error(params["trunk"], params["head"], params["output_stride"])
     if error:
         _fail(*error)
+    pretrained = params["pretrained"]
+    if pretrained not in (PRETRAINED_NONE, PRETRAINED_IMAGENET):
+        parts = Path(pretrained).parts
+        if Path(pretrained).is_absolute() or parts[:1] != (PRETRAINED_DIR,) or ".." in parts or len(parts) < 2:
+            _fail("pretrained", f"none, imagenet or a state-dict file under {PRETRAINED_DIR}/ (e.g. "
+                  f"{PRETRAINED_DIR}/resnet50.pt; the train stages depend on that folder, so that new weights "
+                  f"rerun them)", pretrained)
     if params["trunk"] in MIT_TRUNKS and params["pretrained"] == PRETRAINED_IMAGENET:
         _fail("pretrained", f"none or a path to a state dict for trunk {params['trunk']} (torchvision has no "
               f"ImageNet file for it, and nothing is downloaded)", params["pretrained"])

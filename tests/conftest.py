@@ -64,6 +64,8 @@ def copy_pipeline(dst: Path) -> None:
     """The library, the stage scripts and dvc.yaml, as a user's clone has them."""
     for name in ("hms_core", "stages"):
         shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dst / "weights").mkdir()
+    shutil.copy(ROOT / "weights" / "README.md", dst / "weights")
     shutil.copy(ROOT / "dvc.yaml", dst)
 
 

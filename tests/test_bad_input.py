@@ -98,6 +98,8 @@ def test_prepare_names_the_bad_file_and_writes_nothing(raw, tmp_path, fault, mes
     ({"train": {"hflip": "yes"}}, "'train.hflip' must be true or false"),
     ({"evaluate": {"hms_scales": [[0.5, 1.0, 3.0]]}}, r"'evaluate.hms_scales\[0\]' must be scales of experts"),
     ({"output_stride": 8}, "'output_stride' must be 16 for trunk mobilenet_v3_large"),
+    ({"pretrained": "/elsewhere/resnet.pt"}, r"'pretrained' must be none, imagenet or a state-dict file under weights/"),
+    ({"pretrained": "weights/../x.pt"}, r"'pretrained' must be none, imagenet or a state-dict file under weights/"),
     ({"hms": {"shared_pairs": [0.5, 1.0]}}, r"'hms.shared_pairs' must be a non-empty list of distinct pairs"),
     ({"hms": {"shared_pairs": [[1.0, 0.5]]}}, r"'hms.shared_pairs' must be .* with low < high"),
     ({"hms": {"shared_pairs": [[0.5, 1.0], [0.5, 1.0]]}}, r"'hms.shared_pairs' must be a non-empty list of distinct"),

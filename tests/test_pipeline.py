@@ -66,6 +66,41 @@ def test_second_repro_does_nothing(repo):
     assert "up to date" in out
 
 
+def _changed_stages(repo: Path) -> set[str]:
+    out = run_command(["dvc", "status"], repo)
+    return {line[:-1] for line in out.splitlines() if line and not line[0].isspace() and line.endswith(":")}
+
+
+def test_status_reports_every_stage_that_reads_a_changed_input(repo):
+    """dvc status never says "up to date" over a stale output: a library line, a params key read at
+    transplant time, and the contents of the pretrained weights folder each mark their stages."""
+    trains = {"train@0.5", "train@1.0", "train@2.0", "train_control"}
+    dataset = repo / "hms_core" / "data" / "dataset.py"
+    text = dataset.read_text()
+    dataset.write_text(text + "\n# a changed line\n")
+    try:
+        assert {"prepare", "transplant", "evaluate", "official_check"} | trains <= _changed_stages(repo)
+    finally:
+        dataset.write_text(text)
+    params = repo / "params.yaml"
+    text = params.read_text()
+    edited = yaml.safe_load(text)
+    edited["evaluate"]["hms_scales"] = [[0.5, 1.0, 2.0]]
+    params.write_text(yaml.safe_dump(edited, sort_keys=False))
+    try:
+        # The shared model is built for these scales at transplant, the explicit head sized by them.
+        assert {"transplant", "finetune_explicit", "evaluate"} <= _changed_stages(repo)
+    finally:
+        params.write_text(text)
+    weights = repo / "weights" / "trunk.pt"
+    weights.write_bytes(b"new weights")
+    try:
+        assert _changed_stages(repo) == trains
+    finally:
+        weights.unlink()
+    assert _changed_stages(repo) == set()
+
+
 def test_a_test_split_in_the_data_root_is_neither_hashed_nor_a_reason_to_rerun(repo):
     # Cityscapes ships leftImg8bit/test and gtFine/test; the pipeline never reads them.
     root = repo / "data" / "raw" / "synthetic"

@@ -98,20 +98,28 @@ def load(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     return module, json.loads(extra[META_FILE])
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hms-export", description=__doc__.split("\n\n")[0])
+PROG = "hms-export"  # the name in messages when run alone; ``hms export`` passes its own
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line arguments, on ``p`` (this module's own parser or ``hms export``)."""
     p.add_argument("--model", default="models/hms/model.pt", help="HMS checkpoint (default: %(default)s)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
                    help="inference scales, must contain 1.0 (default: the model's scales)")
     p.add_argument("--height", type=int, required=True, help="input height the model is traced for")
     p.add_argument("--width", type=int, required=True, help="input width the model is traced for")
     p.add_argument("--out", default="models/hms/model.ts", help="output file (default: %(default)s)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Export as ``args`` say; returns the exit status (1 on an error the message explains)."""
     try:
         for name in ("height", "width"):
             if getattr(args, name) < 1:
@@ -121,10 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traced = trace(model, scales, args.height, args.width)
         save(traced, args.out, export_meta(model, scales, args.height, args.width))
     except (PredictError, FileNotFoundError, ValueError) as exc:
-        print(f"hms-export: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 1
-    print(f"hms-export: scales {scales}, input {args.height}x{args.width} -> {args.out}", file=sys.stderr)
+    print(f"{prog}: scales {scales}, input {args.height}x{args.width} -> {args.out}", file=sys.stderr)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

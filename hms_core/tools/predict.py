@@ -177,8 +177,12 @@ def predict_files(model: HMS, paths: Sequence[Path], scales: Sequence[float], ou
             bar.update(len(batch))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hms-predict", description=__doc__.split("\n\n")[0])
+PROG = "hms-predict"  # the name in messages when run alone; ``hms predict`` passes its own
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line arguments, on ``p`` (this module's own parser or ``hms predict``)."""
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively for *.png, *.jpg)")
     p.add_argument("--model", default="models/hms/model.pt", help="HMS checkpoint (default: %(default)s)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
@@ -187,12 +191,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=1, help="images per batch, same-size images only "
                    "(default: %(default)s)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Predict as ``args`` say; returns the exit status (1 on an error the message explains)."""
     try:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size: expected a positive integer, got {args.batch_size}")
@@ -202,10 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scales = check_scales(model, args.scales if args.scales is not None else model.scales)
         predict_files(model, paths, scales, args.out, args.batch_size, device)
     except (PredictError, FileNotFoundError, ValueError) as exc:
-        print(f"hms-predict: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 1
-    print(f"hms-predict: {len(paths)} images -> {args.out}", file=sys.stderr)
+    print(f"{prog}: {len(paths)} images -> {args.out}", file=sys.stderr)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Run the pipeline with a named set of params: ``python -m hms_core.tools.preset presets/camvid.yaml``.
+"""Run the pipeline with a named set of params (presets/*.yaml) as one experiment: dvc exp run -S ...
+
+``hms run presets/camvid.yaml``, or ``python -m hms_core.tools.preset presets/camvid.yaml``.
 
 Several presets apply in order, a later one winning where both set a key
 (``presets/cityscapes_gpu.yaml presets/synthetic_1024x2048.yaml``).
@@ -61,30 +63,68 @@ def read_preset(path: str | Path) -> dict[str, Any]:
     return preset
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Validate ``params.yaml`` with the preset applied, then run ``dvc exp run -S ...``."""
-    p = argparse.ArgumentParser(prog="hms-preset", description=__doc__.split("\n\n")[0])
+PROG = "hms-preset"  # the name in messages when run alone; ``hms run`` passes its own
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command-line arguments, on ``p`` (this module's own parser or ``hms run``).
+
+    What follows ``--`` is not an argument here: the caller splits it off first
+    (:func:`split_argv`) into ``args.dvc_args``, as the preset list is variadic too and
+    argparse alone cannot tell the two apart.
+    """
+    p.usage = "%(prog)s [-h] [--queue] [--dry-run] preset [preset ...] [-- DVC_ARG ...]"
+    p.epilog = "Arguments after -- go to dvc exp run as they are, e.g. -- -S seed=1 --name camvid-s1."
     p.add_argument("presets", nargs="+", metavar="preset", help="YAML file(s) with the params to change, applied in order")
     p.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
-    p.add_argument("dvc_args", nargs="*", help="after --: more arguments for dvc exp run")
-    # Split at "--" first: the preset list is variadic too, so argparse alone cannot tell them apart.
-    argv = list(sys.argv[1:] if argv is None else argv)
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` before the first ``--`` (ours) and after it (for ``dvc exp run``)."""
+    argv = list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
-    args = p.parse_args(argv[:cut])
-    args.dvc_args = argv[cut + 1:]
+    return argv[:cut], argv[cut + 1:]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """Validate ``params.yaml`` with the presets applied, then run ``dvc exp run -S ...``.
+
+    Returns 0, or 1 when a preset is bad or ``dvc exp run`` fails (its own status in the message).
+    """
     try:
         preset: dict[str, Any] = {}
         for path in args.presets:
             preset = merged(preset, read_preset(path))
         validate(merged(load_params(), preset))  # a bad preset fails here, before DVC runs anything
     except (ParamsError, ValueError) as exc:
-        print(f"hms-preset: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 1
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(["--queue"] if args.queue else []),
            *set_arguments(preset), *args.dvc_args]
     print(" ".join(cmd[1:]), file=sys.stderr)
-    return 0 if args.dry_run else subprocess.call(cmd)
+    if args.dry_run:
+        return 0
+    status = subprocess.call(cmd)
+    if status != 0:
+        print(f"{prog}: error: dvc exp run failed (exit status {status})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: ``PRESET ... [--queue] [--dry-run] [-- DVC_ARG ...]``."""
+    own, dvc_args = split_argv(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(own)
+    args.dvc_args = dvc_args
+    return run(args)
 
 
 if __name__ == "__main__":

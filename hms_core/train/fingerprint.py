@@ -23,9 +23,10 @@ def inputs_fingerprint(prepared: str | Path, start: nn.Module | None = None) -> 
     if complete, skip) training on what no longer exists.
     """
     digest = hashlib.sha256()
-    # Every module of hms_core/ (this file's folder), not only those a stage imports.
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    # Every module of the hms_core package, not only those a stage imports.
+    library = Path(__file__).resolve().parents[1]
+    for path in sorted(library.rglob("*.py")):
+        digest.update(path.relative_to(library).as_posix().encode() + path.read_bytes())
     prepared = Path(prepared)
     for name in ("train.json", "meta.json"):
         digest.update((prepared / name).read_bytes())

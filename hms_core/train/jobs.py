@@ -88,7 +88,8 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
               "pretrained": params["pretrained"]}
     summary = fit(model, loss_fn, lambda start: sample_stream(dataset, cfg, start, params["runtime"]["workers"],
                                                              speed, ctx),
-                  cfg, checkpoint, resume_run_id(run_id, ctx, prepared), live, desc=f"train scale {scale}",
+                  # The starting weights are part of the fingerprint: new pretrained weights start afresh.
+                  cfg, checkpoint, resume_run_id(run_id, ctx, prepared, model), live, desc=f"train scale {scale}",
                   speed=speed, ctx=ctx)
     images = images_seen(cfg["steps"], cfg, ctx)
     meta = {**meta, "scale": scale, "steps": cfg["steps"], "images": images, "epochs": images / len(index)}
