@@ -1,10 +1,15 @@
 """The MiT-B0 trunk with the SegFormer head: shapes, HMS, transplant, pretrained files, params, export."""
+import copy
+import itertools
+import types
+
 import pytest
 import torch
 from conftest import tiny_params
 
 from hms_core.config import ParamsError, validate
-from hms_core.data.resize import resize_image, scaled_size
+from hms_core.data.resize import resize, resize_image, scaled_size
+from hms_core.evaluate import costs as costs_module
 from hms_core.evaluate.costs import inference_costs
 from hms_core.evaluate.rows import Row
 from hms_core.io import save_checkpoint
@@ -81,8 +86,18 @@ def test_hms_forward_pair_and_attention(hms_model):
         joint, p_lo, p_hi, a_lo = hms_model.pair_forward(image, 0.5, 1.0)
     assert joint.shape == p_hi.shape == (1, 5, 64, 64)
     assert p_lo.shape == (1, 5, 32, 32) and a_lo.shape == (1, 1, 32, 32)
-    assert ((a_lo > 0) & (a_lo < 1)).all()
     hms_pair_loss(joint, p_lo, p_hi, torch.zeros(1, 64, 64, dtype=torch.long), 0.05)
+    # With the attention head's last conv at weight 0 and bias b, a_lo = sigmoid(b) everywhere:
+    # a = 1 gives the low scale's logits upsampled, a = 0 the high scale's.
+    model = copy.deepcopy(hms_model)
+    last = model.attention[model.attention_key(0.5)].net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        for bias, expected in ((100.0, lambda lo, hi: resize(lo, (64, 64))), (-100.0, lambda lo, hi: hi)):
+            last.bias.fill_(bias)
+            joint, p_lo, p_hi, a_lo = model.pair_forward(image, 0.5, 1.0)
+            assert torch.allclose(a_lo, torch.sigmoid(torch.tensor(bias)).expand_as(a_lo))
+            assert torch.allclose(joint, expected(p_lo, p_hi), atol=1e-6)
 
 
 def test_transplant_round_trip_reproduces_each_expert(hms_model, experts, tmp_path):
@@ -102,15 +117,21 @@ def test_transplant_round_trip_reproduces_each_expert(hms_model, experts, tmp_pa
         assert torch.equal(reloaded(image, SCALES), hms_model(image, SCALES))
 
 
-def test_explicit_baseline_and_costs_run_on_mit(experts, hms_model):
+def test_explicit_baseline_and_costs_run_on_mit(experts, hms_model, monkeypatch):
     explicit, _ = transplant({**MIT_META, "mode": "experts", "scales": SCALES}, experts,
                              model_cls=ExplicitAttention)
-    image = torch.randn(1, 3, 64, 64)
+    image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert explicit.eval()(image).shape == (1, 5, 64, 64)
+        assert explicit.eval()(image).shape == (2, 5, 64, 64)
     rows = {"hms": Row("hms", (0.5, 1.0)), "explicit": Row("explicit", tuple(SCALES))}
+    clock = itertools.count(0.0, 0.04)  # every timed call takes 40 ms on this clock
+    monkeypatch.setattr(costs_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     costs = inference_costs(hms_model, image, rows, Speed(torch.device("cpu")), explicit, repeats=1)
-    assert costs["hms"]["params"] > 2 * 3_000_000 and costs["hms"]["ms_per_image"] > 0
+    # The HMS 0.5-1.0 row runs two experts and the 0.5 attention head; explicit, all of its model.
+    hms_parts = (hms_model.branch(0.5), hms_model.branch(1.0), hms_model.attention[hms_model.attention_key(0.5)])
+    assert costs["hms"]["params"] == sum(p.numel() for m in hms_parts for p in m.parameters())
+    assert costs["explicit"]["params"] == sum(p.numel() for p in explicit.parameters())
+    assert costs["hms"]["ms_per_image"] == pytest.approx(20.0)  # 40 ms for a batch of 2, warm-up untimed
 
 
 def test_export_trace_equals_eager(hms_model):
@@ -209,4 +230,4 @@ def test_params_errors_name_the_key(edit, message):
 
 
 def test_params_accept_mit_with_segformer():
-    validate(tiny_params(**MIT_PARAMS, pretrained="models/mit_b0.pt"))
+    validate(tiny_params(**MIT_PARAMS, pretrained="weights/mit_b0.pt"))

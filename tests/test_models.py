@@ -1,4 +1,6 @@
 """Trunk strides, head shapes, the per-scale model."""
+import math
+
 import pytest
 import torch
 
@@ -36,7 +38,7 @@ def test_head_feature_shapes(head, feature_stride):
     assert out.shape == (2, 32, 64 // feature_stride, 64 // feature_stride)
 
 
-def test_seg_model_logits_at_input_size_and_attention_range(tiny_meta):
+def test_seg_model_logits_at_input_size_and_attention_at_feature_size(tiny_meta):
     model = SegModel("mobilenet_v3_large", "deeplabv3plus", 5, head_channels=16, atrous_rates=(2, 4)).eval()
     with torch.no_grad():
         logits, features = model.forward_features(torch.randn(1, 3, 50, 70))
@@ -44,4 +46,18 @@ def test_seg_model_logits_at_input_size_and_attention_range(tiny_meta):
     assert logits.shape == (1, 5, 50, 70)
     assert features.shape[-2:] == (13, 18)  # stride 4, rounded up by the strided convs
     assert attention.shape == (1, 1, 13, 18)
-    assert ((attention > 0) & (attention < 1)).all()
+
+
+def test_attention_head_ends_in_sigmoid_of_one_channel_or_softmax_over_scales():
+    features = torch.randn(2, 16, 5, 7)
+    head = AttentionHead(16, 8).eval()
+    with torch.no_grad():
+        assert not torch.allclose(head(features), head(torch.randn(2, 16, 5, 7)))  # it reads the features
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.fill_(-0.8)
+        assert torch.allclose(head(features), torch.full((2, 1, 5, 7), 1 / (1 + math.exp(0.8))))  # sigmoid(b)
+        explicit = AttentionHead(16, 8, outputs=3).eval()
+        explicit.net[-1].weight.zero_()
+        explicit.net[-1].bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+        e = torch.tensor([1.0, math.e, math.e ** 2])
+        assert torch.allclose(explicit(features), (e / e.sum()).view(1, 3, 1, 1).expand(2, 3, 5, 7))  # softmax(b)

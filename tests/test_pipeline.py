@@ -26,8 +26,16 @@ def repo(tmp_path_factory) -> Path:
 def test_repro_writes_every_row(repo):
     results = json.loads((repo / "metrics" / "eval.json").read_text())
     assert list(results) == ROWS
-    for row in results.values():
-        assert 0.0 <= row["mIoU"] <= 1.0 and 0.0 <= row["pixel_acc"] <= 1.0
+    confusion = json.loads((repo / "metrics" / "confusion.json").read_text())["rows"]
+    for name, row in results.items():  # the scores of the confusion matrix recorded for the row
+        cm = confusion[name]["pixels"]
+        tp = [cm[c][c] for c in range(len(cm))]
+        union = [sum(cm[c]) + sum(r[c] for r in cm) - tp[c] for c in range(len(cm))]
+        iou = [t / u if u else float("nan") for t, u in zip(tp, union)]
+        assert list(row["iou"].values()) == pytest.approx(iou, nan_ok=True), name
+        present = [t / u for t, u in zip(tp, union) if u]  # mIoU leaves out classes neither present nor predicted
+        assert row["mIoU"] == pytest.approx(sum(present) / len(present)), name
+        assert row["pixel_acc"] == pytest.approx(sum(tp) / sum(map(sum, cm))), name
         assert set(row["iou"]) == {"flat", "construction", "object", "nature", "sky", "human", "vehicle"}
     table = (repo / "metrics" / "table.md").read_text()
     assert "HMS 0.5, 1.0, 2.0" in table and "average pooling" in table
@@ -44,7 +52,9 @@ def test_repro_records_confusion_attention_budgets_and_the_official_check(repo):
         assert [sum(r) for r in row["pixels"]] == pixels
     attention = json.loads((metrics / "attention.json").read_text())
     assert attention["chain"] == "0.25-0.5-1.0-2.0" and set(attention) == {"chain", "a_0.25", "a_0.5", "a_1.0"}
-    assert all(0 < v < 1 for c, v in attention["a_1.0"].items() if v == v)
+    for key in ("a_0.25", "a_0.5", "a_1.0"):  # a_s averaged over each class's pixels (a mean, not a sum),
+        assert list(attention[key]) == CLASSES, key  # NaN for a class without pixels
+        assert [0 < v < 1 for v in attention[key].values()] == [n > 0 for n in pixels], key
     official = json.loads((metrics / "official.json").read_text())
     assert official["row"] == "hms_0.5-1.0-2.0" and official["agreement"] is True
     assert official["max_abs_diff"] <= official["tolerance"]

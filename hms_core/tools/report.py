@@ -1,0 +1,660 @@
+"""The results report: ``docs/results.md`` written from committed result files, no figure typed by hand.
+
+Usage (from the repository root)::
+
+    python -m hms_core.tools.report                  # writes docs/results.md
+    python -m hms_core.tools.report --readme         # ... and the table between the README's markers
+    python -m hms_core.tools.report --out -          # prints the report instead
+
+Inputs:
+
+- the default pipeline on the embedded data: ``metrics/eval.json`` (and ``metrics/costs.json``
+  when present) with the repository's ``params.yaml``; ``dvc.lock`` is read to tell whether
+  ``metrics/`` was written with other params (a note then says which);
+- every run folder ``docs/runs/<name>/`` that holds ``eval.json`` and ``params.yaml`` (the
+  run's whole params file), and optionally ``times.json`` (``{"stage": seconds}``).
+
+Runs whose params are equal except ``seed`` form a group. For each group and each row of
+``eval.json`` (the rows every run of the group has; the names are read, not hard-coded):
+mIoU in % as mean ± sample standard deviation (ddof = 1) over the N runs, and the paired
+differences d_i = H_i - row_i of the headline HMS row H (``hms_`` + the last chain of
+``evaluate.hms_scales``) minus every other row, run by run, as mean ± sample std in
+percentage points with the wins #{d_i > 0} / N. A group of one run shows its single values.
+A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
+differ from the repository's ``params.yaml`` and its stage times when ``times.json`` exists.
+
+:func:`readme_table` returns the README's one results table for a group name (``default``:
+``metrics/``); ``--readme`` puts it between ``<!-- results:begin -->`` and
+``<!-- results:end -->`` in ``README.md`` and leaves every other byte of the file as it was.
+
+This module imports neither torch nor the rest of the library (only pandas and PyYAML), so it
+runs in a second even where torch is not installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+PARAMS_FILE = "params.yaml"
+LOCK_FILE = "dvc.lock"
+METRICS_DIR = "metrics"
+EVAL_FILE = "eval.json"
+COSTS_FILE = "costs.json"
+TIMES_FILE = "times.json"
+RUNS_DIR = "docs/runs"
+OUT_FILE = "docs/results.md"
+README_FILE = "README.md"
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+DEFAULT_GROUP = "default"
+SEED = "seed"
+METRIC = "mIoU"
+HMS_PREFIX = "hms_"
+
+
+class ReportError(Exception):
+    """A problem the user can fix from the message alone (printed as one line, exit status 1)."""
+
+
+# --------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run: its params (the whole params.yaml), eval.json, and optional costs and times."""
+    name: str
+    source: str                                  # the folder it was read from, relative to the root
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    costs: dict[str, Any] | None = None
+    times: dict[str, float] | None = None
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get(SEED)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: {exc}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportError(f"{path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: not a mapping of params")
+    return data
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def read_run(folder: Path, name: str, root: Path, params: dict[str, Any] | None = None) -> Run:
+    """A run folder: ``eval.json`` and ``params.yaml`` (or the ``params`` given), ``costs.json`` and
+    ``times.json`` when they exist."""
+    metrics = _read_json(folder / EVAL_FILE)
+    if not isinstance(metrics, dict) or not metrics:
+        raise ReportError(f"{folder / EVAL_FILE}: no rows")
+    costs = _read_json(folder / COSTS_FILE) if (folder / COSTS_FILE).is_file() else None
+    times = None
+    if (folder / TIMES_FILE).is_file():
+        times = _read_json(folder / TIMES_FILE)
+        if not isinstance(times, dict) or not all(_is_number(v) for v in times.values()):
+            raise ReportError(f"{folder / TIMES_FILE}: must map each stage to its seconds")
+    return Run(name=name, source=_rel(folder, root),
+               params=params if params is not None else _read_yaml(folder / PARAMS_FILE),
+               metrics=metrics, costs=costs, times=times)
+
+
+def find_runs(root: Path, runs_dir: str = RUNS_DIR) -> list[Run]:
+    """Every ``runs_dir/<name>/`` holding ``eval.json`` and ``params.yaml``, by name."""
+    base = root / runs_dir
+    if not base.is_dir():
+        return []
+    return [read_run(d, d.name, root) for d in sorted(base.iterdir())
+            if d.is_dir() and (d / EVAL_FILE).is_file() and (d / PARAMS_FILE).is_file()]
+
+
+def default_run(root: Path, params: dict[str, Any]) -> Run | None:
+    """The workspace's ``metrics/`` with the repository's params (None without ``metrics/eval.json``)."""
+    folder = root / METRICS_DIR
+    if not (folder / EVAL_FILE).is_file():
+        return None
+    run = read_run(folder, DEFAULT_GROUP, root, params=params)
+    return Run(run.name, run.source, run.params, run.metrics, run.costs, None)
+
+
+# --------------------------------------------------------------------------- params
+
+_ABSENT = object()
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}``; lists and empty dicts are leaves."""
+    if not isinstance(tree, dict) or (not tree and prefix):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _canonical(value: Any) -> Any:
+    """Values that compare equal get one form (``1`` and ``1.0``), so that grouping follows ``==``."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """The params other than ``seed``, as one comparable string."""
+    flat = {k: _canonical(v) for k, v in flatten(params).items() if k != SEED}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def param_differences(params: dict[str, Any], base: dict[str, Any], skip: Sequence[str] = ()
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """(the leaves of ``params`` that differ from ``base`` or are not in it, the leaves of ``base``
+    missing from ``params``), in the order of ``base``, keys it lacks last."""
+    flat, flat_base = flatten(params), flatten(base)
+    order = list(flat_base) + [k for k in flat if k not in flat_base]
+    changed = {k: flat[k] for k in order if k in flat and k not in skip and flat_base.get(k, _ABSENT) != flat[k]}
+    missing = [k for k in flat_base if k not in flat and k not in skip]
+    return changed, missing
+
+
+def format_value(value: Any) -> str:
+    """A params value as ``dvc exp run -S`` reads it (YAML flow; JSON for lists and mappings)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def set_arguments(changed: dict[str, Any]) -> str:
+    """``-S key=value`` for each changed param, quoted for a POSIX shell."""
+    return " ".join(f"-S {shlex.quote(f'{k}={format_value(v)}')}" for k, v in changed.items())
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def lock_params(root: Path) -> dict[str, Any]:
+    """The params the stages in ``dvc.lock`` last ran with, flattened (empty without ``dvc.lock``)."""
+    path = root / LOCK_FILE
+    if not path.is_file():
+        return {}
+    found: dict[str, Any] = {}
+    for stage in (_read_yaml(path).get("stages") or {}).values():
+        entries = ((stage or {}).get("params") or {}).get(PARAMS_FILE) or {}
+        for key, value in flatten(dict(entries)).items():   # "train" (a section) -> "train.steps", ...
+            found.setdefault(key, value)
+    return found
+
+
+def lock_differences(params: dict[str, Any], locked: dict[str, Any]) -> list[str]:
+    """The params in ``locked`` (:func:`lock_params`) that differ from ``params``: ``"key: lock value
+    (params.yaml: value)"``."""
+    flat = flatten(params)
+    out = []
+    for key, value in locked.items():
+        current = flat.get(key, _ABSENT)
+        if current is _ABSENT or _canonical(current) != _canonical(value):
+            shown = "absent" if current is _ABSENT else format_value(current)
+            out.append(f"`{key}`: {format_value(value)} (params.yaml: {shown})")
+    return out
+
+
+# --------------------------------------------------------------------------- rows and statistics
+
+def scale_name(s: float) -> str:
+    """``1`` -> ``1.0``, ``0.25`` -> ``0.25``: how the evaluate stage names a scale."""
+    return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
+
+
+def chain_name(scales: Sequence[float]) -> str:
+    return "-".join(scale_name(s) for s in sorted(float(s) for s in scales))
+
+
+def headline_row(params: dict[str, Any]) -> str:
+    """``hms_`` + the last chain of ``evaluate.hms_scales`` (the table's headline HMS row)."""
+    try:
+        chains = params["evaluate"]["hms_scales"]
+        return HMS_PREFIX + chain_name(chains[-1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ReportError("params have no evaluate.hms_scales to name the headline HMS row") from None
+
+
+def long_table(runs: Sequence[Run], metric: str = METRIC) -> pd.DataFrame:
+    """One line per run and row: ``run``, ``seed``, ``row``, ``value`` (a fraction)."""
+    records = [{"run": r.name, "seed": r.seed, "row": row, "value": float(values[metric])}
+               for r in runs for row, values in r.metrics.items()
+               if isinstance(values, dict) and _is_number(values.get(metric))]
+    return pd.DataFrame.from_records(records, columns=["run", "seed", "row", "value"])
+
+
+@dataclass
+class Group:
+    """Runs whose params are equal except ``seed``, and what the report shows of them."""
+    name: str
+    runs: list[Run]
+    headline: str
+    table: pd.DataFrame                  # index: row; columns n, mean, std (fractions; std NaN for N = 1)
+    diffs: pd.DataFrame                  # index: row; columns n, mean, std, wins (d = headline - row)
+    dropped: list[str] = field(default_factory=list)   # rows not in every run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r in self.runs]
+
+
+def summarise(runs: Sequence[Run], headline: str, metric: str = METRIC
+              ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Over the N runs: per row n, mean and sample std (ddof = 1) of ``metric``; the paired
+    differences d_i = headline_i - row_i per row with their mean, sample std and wins #{d_i > 0};
+    the rows left out because some run lacks them."""
+    long = long_table(runs, metric)
+    if long.empty:
+        raise ReportError(f"no row with a '{metric}' in the runs {', '.join(r.name for r in runs)}")
+    order = list(dict.fromkeys(long["row"]))
+    wide = long.pivot(index="row", columns="run", values="value").reindex(order)
+    complete = wide.dropna()
+    dropped = [r for r in order if r not in complete.index]
+    table = pd.DataFrame({"n": complete.count(axis=1), "mean": complete.mean(axis=1),
+                          "std": complete.std(axis=1, ddof=1)})
+    if headline not in complete.index:
+        return table, pd.DataFrame(columns=["n", "mean", "std", "wins"]), dropped
+    d = complete.rsub(complete.loc[headline], axis=1).drop(index=headline)   # headline_i - row_i
+    diffs = pd.DataFrame({"n": d.count(axis=1), "mean": d.mean(axis=1), "std": d.std(axis=1, ddof=1),
+                          "wins": (d > 0).sum(axis=1)})
+    return table, diffs, dropped
+
+
+def _base_name(name: str) -> str:
+    return re.sub(r"[-_]?(s|seed)\d+$", "", name)
+
+
+def group_name(runs: Sequence[Run]) -> str:
+    """The run names without their seed suffix (``emb-s0``, ``emb-s1`` -> ``emb``); else their common
+    prefix; else the first name."""
+    bases = {_base_name(r.name) for r in runs}
+    if len(bases) == 1 and next(iter(bases)):
+        return next(iter(bases))
+    prefix = os.path.commonprefix([r.name for r in runs]).rstrip("-_")
+    return prefix or runs[0].name
+
+
+def make_group(name: str, runs: Sequence[Run], metric: str = METRIC) -> Group:
+    runs = sorted(runs, key=lambda r: (str(r.seed), r.name))
+    headline = headline_row(runs[0].params)
+    table, diffs, dropped = summarise(runs, headline, metric)
+    notes = []
+    if headline not in table.index:
+        notes.append(f"the headline row {headline} is not in every run's eval.json: no differences")
+    if dropped:
+        notes.append(f"rows not in every run, left out: {', '.join(dropped)}")
+    seeds = [r.seed for r in runs]
+    if len(set(map(str, seeds))) < len(seeds):
+        notes.append("some runs share a seed; each run counts once")
+    return Group(name, list(runs), headline, table, diffs, dropped, notes)
+
+
+def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] = (DEFAULT_GROUP,)) -> list[Group]:
+    """Group the runs whose params other than ``seed`` are equal, in the order of their first run."""
+    if not runs:
+        return []
+    frame = pd.DataFrame({"index": range(len(runs)), "key": [params_key(r.params) for r in runs]})
+    names = set(taken)
+    groups = []
+    for _, part in frame.groupby("key", sort=False):
+        members = [runs[i] for i in part["index"]]
+        name = group_name(members)
+        unique, k = name, 2
+        while unique in names:
+            unique, k = f"{name}-{k}", k + 1
+        names.add(unique)
+        groups.append(make_group(unique, members, metric))
+    return groups
+
+
+# --------------------------------------------------------------------------- markdown
+
+def pct(mean: float, std: float, n: int, signed: bool = False) -> str:
+    """A fraction's mean (and sample std when n >= 2) in % (or percentage points), 2 decimals."""
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    return f"{text} ± {100 * std:.2f}" if n >= 2 else text
+
+
+def _seeds_text(group: Group) -> str:
+    seeds = ", ".join(str(s) for s in group.seeds)
+    label = "seed" if group.n == 1 else "seeds"
+    stat = "" if group.n == 1 else "; mean ± sample std (ddof = 1) over the runs"
+    return f"N = {group.n} ({label} {seeds}){stat}"
+
+
+def score_table(group: Group) -> list[str]:
+    """The group's mIoU per row, as markdown lines."""
+    lines = [f"| row | N | {METRIC} (%) |", "|---|---|---|"]
+    for row, s in group.table.iterrows():
+        lines.append(f"| {row} | {int(s['n'])} | {pct(s['mean'], s['std'], int(s['n']))} |")
+    return lines
+
+
+def difference_table(group: Group) -> list[str]:
+    """The paired differences of the headline row minus every other row, as markdown lines (none
+    when the headline row is missing)."""
+    if not len(group.diffs):
+        return []
+    lines = [f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
+             "wins: the runs with d_i > 0.", "",
+             f"| {group.headline} minus | N | Δ {METRIC} (pp) | wins (d_i > 0) |", "|---|---|---|---|"]
+    for row, d in group.diffs.iterrows():
+        n = int(d["n"])
+        lines.append(f"| {row} | {n} | {pct(d['mean'], d['std'], n, signed=True)} | {int(d['wins'])}/{n} |")
+    return lines
+
+
+def _fmt(value: Any, scale: float, digits: int) -> str:
+    return f"{value * scale:.{digits}f}" if _is_number(value) else "-"
+
+
+def default_tables(run: Run) -> list[str]:
+    """The default run's full table (scores, and costs when present) and its IoU per class."""
+    costs = run.costs or {}
+    with_costs = bool(costs)
+    head = "| row | mIoU (%) | pixel acc (%) | mean class acc (%) |"
+    rule = "|---|---|---|---|"
+    if with_costs:
+        head += " params (M) | ms/image | peak MB |"
+        rule += "---|---|---|"
+    lines = [head, rule]
+    classes: list[str] = []
+    for row, m in run.metrics.items():
+        if not isinstance(m, dict):
+            continue
+        cells = [_fmt(m.get("mIoU"), 100, 2), _fmt(m.get("pixel_acc"), 100, 2), _fmt(m.get("mean_class_acc"), 100, 2)]
+        if with_costs:
+            c = costs.get(row) or {}
+            cells += [_fmt(c.get("params"), 1e-6, 2), _fmt(c.get("ms_per_image"), 1, 1), _fmt(c.get("peak_mem_mb"), 1, 1)]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        classes += [c for c in (m.get("iou") or {}) if c not in classes]
+    if classes:
+        lines += ["", "IoU per class (%):", "", "| row | " + " | ".join(classes) + " |",
+                  "|---|" + "---|" * len(classes)]
+        for row, m in run.metrics.items():
+            if isinstance(m, dict):
+                iou = m.get("iou") or {}
+                lines.append(f"| {row} | " + " | ".join(_fmt(iou.get(c), 100, 2) for c in classes) + " |")
+    return lines
+
+
+def describe(params: dict[str, Any]) -> str:
+    """One line of what a run trained, read from its params (keys it lacks are left out)."""
+    p = flatten(params)
+    parts = [("trunk {} + {}", "trunk", "head"), ("scales {}", "scales"), ("hms.mode {}", "hms.mode"),
+             ("finetune.train_all {}", "finetune.train_all"),
+             ("train {} steps x {} crops of {}", "train.steps", "train.batch_size", "train.crop"),
+             ("finetune {} steps x {} crops of {}", "finetune.steps", "finetune.batch_size", "finetune.crop"),
+             ("data.root {}", "data.root")]
+    return "; ".join(text.format(*(format_value(p[k]) for k in keys)) for text, *keys in parts
+                     if all(k in p for k in keys))
+
+
+def times_text(times: dict[str, float]) -> str:
+    total = sum(times.values())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+    return f"stage times: {stages}; total {total:.0f} s ({total / 60:.1f} min)"
+
+
+@dataclass
+class Report:
+    """Everything read: the repository's params, the default run and its notes, the groups of runs."""
+    params: dict[str, Any]
+    default: Group | None
+    groups: list[Group]
+    runs_dir: str = RUNS_DIR
+    stale: list[str] = field(default_factory=list)
+
+    def all_groups(self) -> list[Group]:
+        return ([self.default] if self.default else []) + self.groups
+
+    def group(self, name: str) -> Group:
+        for g in self.all_groups():
+            if g.name == name:
+                return g
+        names = ", ".join(g.name for g in self.all_groups()) or "none"
+        raise ReportError(f"no group named '{name}' (groups: {names})")
+
+    def readme_group(self) -> str:
+        """The group the README shows by default: the runs with the repository's params (except seed)
+        with the most runs, when two or more; else ``default``."""
+        key = params_key(self.params)
+        same = [g for g in self.groups if params_key(g.runs[0].params) == key and g.n >= 2]
+        if same:
+            return max(same, key=lambda g: g.n).name
+        if self.default is None:
+            raise ReportError(f"no {METRICS_DIR}/{EVAL_FILE} and no group of runs with the params of "
+                              f"{PARAMS_FILE}: name one with --group")
+        return DEFAULT_GROUP
+
+
+def collect(root: str | Path = ".", runs_dir: str = RUNS_DIR, metric: str = METRIC) -> Report:
+    """Read ``params.yaml``, ``metrics/`` and the run folders under ``root`` and compute every group."""
+    root = Path(root)
+    if not (root / PARAMS_FILE).is_file():
+        raise ReportError(f"no {PARAMS_FILE} in {root.resolve()}: run from the repository root or give --root")
+    params = _read_yaml(root / PARAMS_FILE)
+    locked = lock_params(root)
+    # metrics/ holds what the stages ran with: params.yaml where dvc.lock agrees, dvc.lock's values where not.
+    run = default_run(root, unflatten({**flatten(params), **locked}))
+    default = make_group(DEFAULT_GROUP, [run], metric) if run else None
+    stale = lock_differences(params, locked) if run else []
+    return Report(params, default, group_runs(find_runs(root, runs_dir), metric), runs_dir, stale)
+
+
+def markdown(report: Report) -> str:
+    """docs/results.md."""
+    lines = ["<!-- Written by `python -m hms_core.tools.report` from the files it names: do not edit by hand. -->",
+             "", "# Results", "",
+             "mIoU in %. Over several runs: mean ± sample standard deviation (ddof = 1) over the runs, N the "
+             "number of runs. Differences are paired, run by run, headline HMS row minus the row, in "
+             "percentage points (pp), with the runs the headline row wins. Row names are those of "
+             "`eval.json` (README.md, \"The method in brief\").", ""]
+    lines += ["## The default pipeline on the embedded data", ""]
+    if report.default is None:
+        lines += [f"No `{METRICS_DIR}/{EVAL_FILE}` yet: run `dvc repro`.", ""]
+    else:
+        g = report.default
+        run = g.runs[0]
+        lines += [f"`{run.source}/{EVAL_FILE}`" + (f" and `{run.source}/{COSTS_FILE}`" if run.costs else "")
+                  + f", written by the pipeline with seed {run.seed}: {describe(run.params)}.", ""]
+        if report.stale:
+            lines += [f"**Stale:** `{METRICS_DIR}/` was written by stages that ran with other params than "
+                      f"`{PARAMS_FILE}` (`{LOCK_FILE}`): " + "; ".join(report.stale)
+                      + ". The tables below are of that run; `dvc repro`, then this report, brings them up "
+                      "to date.", ""]
+        lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
+        lines += default_tables(run)
+        diff = difference_table(g)
+        lines += ([""] + diff if diff else []) + [""]
+    lines += [f"## Runs in `{report.runs_dir}/`", ""]
+    if not report.groups:
+        lines += [f"No run folders yet. A run folder `{report.runs_dir}/<name>/` holds the run's `{EVAL_FILE}` "
+                  f"and `{PARAMS_FILE}` (from `{METRICS_DIR}/` and the workspace after `dvc repro`, or from "
+                  f"`dvc exp show`), and optionally `{TIMES_FILE}` (`{{\"stage\": seconds}}`).", ""]
+    for g in report.groups:
+        changed, missing = param_differences(g.runs[0].params, report.params, skip=(SEED,))
+        same = ("params as in `params.yaml`" if not changed and not missing
+                else "`params.yaml` with " + ", ".join(f"`{k}={format_value(v)}`" for k, v in changed.items())
+                + ("".join(f", no `{k}`" for k in missing)))
+        lines += [f"### {g.name}", "",
+                  f"{_seeds_text(g)}; runs " + ", ".join(f"`{r.source}`" for r in g.runs) + f". {same}.", ""]
+        lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
+        diff = difference_table(g)
+        lines += score_table(g) + ([""] + diff if diff else []) + [""]
+    if report.groups:
+        lines += ["## How to reproduce each run", "",
+                  f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
+                  "(the code may have changed since it ran).", ""]
+        for g in report.groups:
+            for r in g.runs:
+                changed, missing = param_differences(r.params, report.params)
+                cmd = "dvc exp run" + (f" {set_arguments(changed)}" if changed else "")
+                lines += [f"- `{r.name}` (seed {r.seed}): `{cmd}`"]
+                if missing:
+                    lines[-1] += "; its params had no " + ", ".join(f"`{k}`" for k in missing)
+                if r.times:
+                    lines[-1] += f"; {times_text(r.times)}"
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def readme_table(report: Report, name: str | None = None) -> str:
+    """The README's results table for group ``name`` (``default``: ``metrics/``; None: see
+    :meth:`Report.readme_group`): mIoU per row and the headline row's paired differences."""
+    g = report.group(name or report.readme_group())
+    source = (f"`{METRICS_DIR}/{EVAL_FILE}` (`dvc repro` with `{PARAMS_FILE}`)" if g.name == DEFAULT_GROUP
+              else f"`{report.runs_dir}/` group `{g.name}`")
+    lines = [f"{source}; {_seeds_text(g)}. Δ: {g.headline} minus the row (pp), with the runs it wins.", ""]
+    if g.name == DEFAULT_GROUP and report.stale:
+        lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
+    lines += [f"| row | {METRIC} (%) | Δ (pp) | wins |", "|---|---|---|---|"]
+    for row, s in g.table.iterrows():
+        n = int(s["n"])
+        if row in g.diffs.index:
+            d = g.diffs.loc[row]
+            delta, wins = pct(d["mean"], d["std"], int(d["n"]), signed=True), f"{int(d['wins'])}/{int(d['n'])}"
+        else:
+            delta, wins = ("headline", "") if row == g.headline else ("-", "")
+        lines.append(f"| {row} | {pct(s['mean'], s['std'], n)} | {delta} | {wins} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with everything between the line holding ``BEGIN`` and the line holding ``END``
+    replaced by ``block``; the marker lines and every byte outside them stay as they are."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise ReportError(f"the README must hold '{BEGIN}' and '{END}' once each")
+    start = text.index(BEGIN)
+    line_end = text.find("\n", start)
+    if line_end < 0 or text.index(END) < line_end:
+        raise ReportError(f"'{END}' must be on a line after '{BEGIN}'")
+    stop = text.rfind("\n", 0, text.index(END)) + 1      # the start of the END marker's line
+    newline = "\r\n" if text[line_end - 1:line_end] == "\r" else "\n"
+    body = block.replace("\r\n", "\n").rstrip("\n")
+    body = newline.join(body.split("\n")) + newline if body else ""
+    return text[:line_end + 1] + body + text[stop:]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name beside ``path``, fsync, rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def update_readme(path: Path, block: str) -> bool:
+    """Replace the README's results block; True when the file changed."""
+    try:
+        old = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: {exc}") from None
+    new = replace_block(old, block)
+    if new != old:
+        write_atomic(path, new.encode("utf-8"))
+    return new != old
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+# --------------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hms_core.tools.report",
+        description="Write docs/results.md from metrics/ and the run folders under docs/runs/ "
+                    "(mean ± sample std over seeds, paired differences, how to reproduce each run).")
+    p.add_argument("--root", default=".", help="the repository root (default: .)")
+    p.add_argument("--out", default=OUT_FILE, help="the report, relative to the root; '-' prints it (default: %(default)s)")
+    p.add_argument("--runs", default=RUNS_DIR, help="folder of run folders, relative to the root (default: %(default)s)")
+    p.add_argument("--readme", nargs="?", const=README_FILE, metavar="FILE",
+                   help=f"also replace the table between '{BEGIN}' and '{END}' in FILE (default: {README_FILE})")
+    p.add_argument("--group", help="the group the README table shows (default: the runs with params.yaml's "
+                                   "params and most seeds, else 'default': metrics/)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root = Path(args.root)
+    try:
+        report = collect(root, args.runs)
+        text = markdown(report)
+        table = readme_table(report, args.group) if args.readme else None
+        if args.out == "-":
+            print(text, end="")
+        else:
+            write_atomic(root / args.out, text.encode("utf-8"))
+            print(f"wrote {args.out}", file=sys.stderr)
+        if table is not None:
+            changed = update_readme(root / args.readme, table)
+            print(f"{args.readme}: results table {'updated' if changed else 'unchanged'}", file=sys.stderr)
+    except ReportError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
