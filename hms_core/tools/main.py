@@ -1,7 +1,7 @@
 """The ``hms`` command: the library's command-line tools as subcommands, in the manner of ``dvc``.
 
 ``hms predict``, ``hms export``, ``hms convert``, ``hms run PRESET ... [-- DVC_ARG ...]`` and
-``hms seeds``; ``hms COMMAND --help`` shows a command's arguments. ``python -m
+``hms seeds``, ``hms report``; ``hms COMMAND --help`` shows a command's arguments. ``python -m
 hms_core.tools.main`` is the same command without the installed script, and every tool
 still runs alone too (``python -m hms_core.tools.predict ...``).
 
@@ -10,7 +10,7 @@ stderr (``hms --traceback COMMAND ...`` shows the whole traceback of an unexpect
 2 a usage error (argparse's), also ``hms`` without a command.
 
 A command's module is imported only when that command runs (or shows its help), so
-``hms --help`` and ``hms seeds`` do not import torch.
+``hms --help``, ``hms seeds`` and ``hms report`` do not import torch.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
     # seeds.py's main(argv) parses its own arguments: its usage line names it as run alone.
     "seeds": Command("hms_core.tools.seeds", "mean ± std over seeds of the DVC experiments' metrics",
                      own_parser=True),
+    "report": Command("hms_core.tools.report", "write docs/results.md (and the README's results table) "
+                      "from metrics/ and docs/runs/", own_parser=True),
 }
 
 

@@ -2,9 +2,9 @@
 
 Usage (from the repository root)::
 
-    python -m hms_core.tools.report                  # writes docs/results.md
-    python -m hms_core.tools.report --readme         # ... and the table between the README's markers
-    python -m hms_core.tools.report --out -          # prints the report instead
+    hms report                  # writes docs/results.md (python -m hms_core.tools.report alike)
+    hms report --readme         # ... and the table between the README's markers
+    hms report --out -          # prints the report instead
 
 Inputs:
 
@@ -622,7 +622,7 @@ def _is_number(v: Any) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m hms_core.tools.report",
+        prog="hms report",
         description="Write docs/results.md from metrics/ and the run folders under docs/runs/ "
                     "(mean ± sample std over seeds, paired differences, how to reproduce each run).")
     p.add_argument("--root", default=".", help="the repository root (default: .)")

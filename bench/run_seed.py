@@ -1,0 +1,128 @@
+"""One seed of the whole pipeline, run apart from the workspace, its results kept in docs/runs/NAME/.
+
+    python bench/run_seed.py NAME --seed N [--preset presets/X.yaml ...] [--set key=value ...]
+                             [--dataset DIR] [--reference MODEL ...]
+
+A git worktree of ``HEAD`` is made in a temporary folder; its ``params.yaml`` is the repository's
+with the presets applied in order (as ``hms run`` does), ``seed`` set, and ``--dataset`` as
+``data.convert.root`` (an absolute path, as the worktree is elsewhere). ``dvc repro`` runs there;
+every stage's wall time comes from its own "done in N s" line. Into ``docs/runs/NAME/`` go
+``eval.json``, ``params.yaml``, ``table.md``, ``attention.json`` (when written), ``times.json``
+(``{"stage": seconds}``) and ``repro.log``; ``--reference`` then trains each named torchvision
+model with ``bench/reference.py`` on the same prepared data into ``docs/runs/NAME-ref-MODEL/``.
+``python -m hms_core.tools.report`` reads those folders.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hms_core.config import load_params, validate  # noqa: E402
+from hms_core.tools.preset import merged, read_preset  # noqa: E402
+
+KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/attention.json")
+STAGE = re.compile(r"^Running stage '([^']+)'")
+DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
+
+
+def stage_times(log: str) -> dict[str, float]:
+    """``{"train@0.5": 512.3, ...}`` from a ``dvc repro`` log: each "done in" line belongs to the
+    stage DVC announced last."""
+    times: dict[str, float] = {}
+    stage = None
+    for line in log.splitlines():
+        if m := STAGE.match(line):
+            stage = m.group(1)
+        elif (m := DONE.match(line)) and stage is not None:
+            times[stage] = float(m.group(1))
+    return times
+
+
+def run_params(seed: int, presets: list[str], sets: list[str], dataset: str | None) -> dict:
+    """The params of the run: the repository's, presets applied, then seed, dataset and ``--set``."""
+    params = load_params(ROOT / "params.yaml")
+    for path in presets:
+        params = merged(params, read_preset(ROOT / path))
+    extra: dict = {"seed": seed}
+    if dataset:
+        extra["data"] = {"convert": {"root": str(Path(dataset).resolve())}}
+    params = merged(params, extra)
+    for item in sets:
+        key, _, value = item.partition("=")
+        params = merged(params, unflatten(key, yaml.safe_load(value)))
+    validate(params)
+    return params
+
+
+def unflatten(key: str, value: object) -> dict:
+    """``"a.b", 1`` -> ``{"a": {"b": 1}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("name")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--preset", action="append", default=[])
+    p.add_argument("--set", action="append", default=[], help="key.path=value (JSON for numbers and lists)")
+    p.add_argument("--dataset", help="data.convert.root (made absolute)")
+    p.add_argument("--reference", action="append", default=[], help="a bench/reference.py --model to train too")
+    p.add_argument("--keep", action="store_true", help="keep the worktree")
+    args = p.parse_args(argv)
+
+    params = run_params(args.seed, args.preset, args.set, args.dataset)
+    out = ROOT / "docs" / "runs" / args.name
+    work = Path(tempfile.mkdtemp(prefix=f"hms-{args.name}-"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "worktree", "add", "--detach", str(work), "HEAD"], cwd=ROOT, check=True)
+    try:
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        with open(work / "repro.log", "w") as log:
+            status = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        text = (work / "repro.log").read_text()
+        if status != 0:
+            print(text[-3000:], file=sys.stderr)
+            print(f"run_seed: dvc repro failed (exit status {status}); worktree kept at {work}", file=sys.stderr)
+            args.keep = True
+            return 1
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for rel in KEPT:
+            if (work / rel).exists():
+                shutil.copy(work / rel, tmp / Path(rel).name)
+        shutil.copy(work / "params.yaml", tmp / "params.yaml")
+        shutil.copy(work / "repro.log", tmp / "repro.log")
+        (tmp / "times.json").write_text(json.dumps(stage_times(text), indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        print(f"run_seed: {out.relative_to(ROOT)}", file=sys.stderr)
+        for model in args.reference:
+            ref = ROOT / "docs" / "runs" / f"{args.name}-ref-{model.split('_')[0]}"
+            subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py"), "--params", "params.yaml",
+                            "--prepared", "data/prepared", "--model", model, "--out", str(ref)],
+                           cwd=work, env=env, check=True)
+            shutil.copy(work / "params.yaml", ref / "params.yaml")
+        return 0
+    finally:
+        if not args.keep:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work)], cwd=ROOT, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
