@@ -5,10 +5,13 @@ bad value fails at once with a message that names the key, never hours into a ru
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import yaml
 
 from hms_core.data.labels import GROUPINGS
 from hms_core.io import read_yaml
@@ -245,3 +248,122 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path}: file not found (run from the repository root)")
     return validate(read_yaml(path, ParamsError))
+
+
+class Tracked(dict):
+    """Params that record the dotted paths of the keys read (``train.steps``), for the check that
+    each stage's ``params:`` in ``dvc.yaml`` lists every key its script reads (``tests/test_dvc_params.py``).
+
+    A dict in every other respect (``isinstance``, json, yaml, copies, ``{**d}``). Nested mappings
+    are wrapped on first access and share one record. Reading a value (``[]``, ``get``, ``in``)
+    records its path; reaching a mapping records nothing by itself, only what is then read of it;
+    what sees a whole mapping (iteration, ``keys``, ``items``, ``values``, ``len``, ``==``, printing,
+    copies, dumps, pickling) records the mapping's path, which covers its every key (at the top
+    level: every key). Copies and unpickled copies are plain dicts, but ``torch.load(weights_only=True)``
+    refuses a pickled one: what a stage saves with torch holds ``dict(...)`` of it.
+    """
+
+    def __init__(self, data: dict[str, Any], read: set[str] | None = None, prefix: str = "") -> None:
+        super().__init__(data)
+        self.read: set[str] = set() if read is None else read
+        self._prefix = prefix
+
+    def _path(self, key: Any) -> str:
+        return f"{self._prefix}{key}"
+
+    def _whole(self) -> None:
+        self.read.update([self._prefix.rstrip(".")] if self._prefix else map(str, dict.keys(self)))
+
+    def plain(self) -> dict[str, Any]:
+        """The values as plain dicts (nothing recorded)."""
+        return {k: v.plain() if isinstance(v, Tracked) else v for k, v in dict.items(self)}
+
+    def __getitem__(self, key: Any) -> Any:
+        if not super().__contains__(key):
+            self.read.add(self._path(key))  # an absent key read is a read too
+        value = super().__getitem__(key)
+        if isinstance(value, dict) and not isinstance(value, Tracked):
+            value = Tracked(value, self.read, self._path(key) + ".")
+            super().__setitem__(key, value)  # wrapped once: mutations and identity as in the dict
+        if not isinstance(value, Tracked):
+            self.read.add(self._path(key))
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if super().__contains__(key):
+            return self[key]
+        self.read.add(self._path(key))
+        return default
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.read.add(self._path(key))
+        return super().pop(key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return self[key] if super().__contains__(key) else super().setdefault(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self.read.add(self._path(key))
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._whole()
+        return super().__iter__()
+
+    def __reversed__(self) -> Iterator[Any]:
+        self._whole()
+        return super().__reversed__()
+
+    def __len__(self) -> int:
+        self._whole()
+        return super().__len__()
+
+    def keys(self):  # type: ignore[override]
+        self._whole()
+        return super().keys()
+
+    def items(self):  # type: ignore[override]
+        self._whole()
+        return super().items()
+
+    def values(self):  # type: ignore[override]
+        self._whole()
+        return super().values()
+
+    def __eq__(self, other: object) -> bool:
+        self._whole()
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        self._whole()
+        return super().__ne__(other)
+
+    def __repr__(self) -> str:
+        self._whole()
+        return repr(self.plain())
+
+    def __or__(self, other: Any) -> Any:
+        self._whole()
+        return self.plain() | other
+
+    def __ror__(self, other: Any) -> Any:
+        self._whole()
+        return other | self.plain()
+
+    def copy(self) -> dict[str, Any]:  # type: ignore[override]
+        self._whole()
+        return self.plain()
+
+    __copy__ = copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        self._whole()
+        return copy.deepcopy(self.plain(), memo)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._whole()
+        return dict, (self.plain(),)
+
+
+for _dumper in (yaml.SafeDumper, yaml.Dumper):
+    _dumper.add_representer(Tracked, lambda dumper, data: dumper.represent_dict(data))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 import traceback
@@ -9,24 +11,39 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hms_core.config import ParamsError, load_params
+from hms_core.config import ParamsError, Tracked, load_params
 from hms_core.data.dataset import DataError
 from hms_core.models.transplant import TransplantError
 from hms_core.train.engine import Interrupted, NonFiniteLoss
 
 # Errors a user can fix from the message alone: print it, no traceback.
 USER_ERRORS = (ParamsError, DataError, TransplantError, NonFiniteLoss, FileNotFoundError, ValueError)
+# A file that names it gets a line per successful stage run: the params keys the run read.
+PARAMS_READ_ENV = "HMS_PARAMS_READ"
 
 
 def run_stage(name: str, main: Callable[[argparse.Namespace, dict], None],
               parser: argparse.ArgumentParser) -> None:
-    """Parse arguments, load and validate params.yaml, run ``main``; map errors to exit codes."""
+    """Parse arguments, load and validate params.yaml, run ``main``; map errors to exit codes.
+
+    With the environment variable ``HMS_PARAMS_READ`` naming a file, ``main`` gets the params as
+    :class:`hms_core.config.Tracked` and a run that succeeds appends ``{"argv": sys.argv, "keys":
+    [the dotted keys it read]}`` to the file as a JSON line: the check that each stage's ``params:``
+    in ``dvc.yaml`` lists every key it reads (``tests/test_dvc_params.py``). The validation's reads
+    (every key) come before and do not count. Unset, nothing changes.
+    """
     args = parser.parse_args()
     start = time.perf_counter()
     try:
         check_output_paths(args)
         params = load_params(args.params)
+        record = os.environ.get(PARAMS_READ_ENV)
+        if record:
+            params = Tracked(params)
         main(args, params)
+        if record:
+            with open(record, "a") as f:  # one short write per line: processes may share the file
+                f.write(json.dumps({"argv": sys.argv, "keys": sorted(params.read)}) + "\n")
         print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     except Interrupted as exc:
         print(f"{name}: {exc}", file=sys.stderr)

@@ -84,7 +84,8 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
     step = speed.maybe_compile(distributed.wrap(ExpertLoss(model, weights), ctx, speed.device))
     loss_fn = batch_loss(step, weights, ctx)
 
-    run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": cfg,
+    # dict(): the checkpoint holds plain data only (cfg may be hms_core.config.Tracked).
+    run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": dict(cfg),
               "pretrained": params["pretrained"]}
     summary = fit(model, loss_fn, lambda start: sample_stream(dataset, cfg, start, params["runtime"]["workers"],
                                                              speed, ctx),
@@ -141,7 +142,7 @@ def finetune_hms(params: dict[str, Any], model: HMS, prepared: str | Path, out: 
         streams = [sample_stream(d, cfg, start, params["runtime"]["workers"], speed, ctx) for d in datasets]
         return (list(b) for b in zip(*streams))
 
-    run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": cfg, "pairs": pairs}
+    run_id = {"stage": "finetune", "seed": seed, "meta": model.meta, "finetune": dict(cfg), "pairs": pairs}
     summary = fit(model, loss_fn, batches, cfg, checkpoint, resume_run_id(run_id, ctx, prepared, model), live,
                   desc="finetune", speed=speed, ctx=ctx)
     meta = {**model.meta, "finetune_steps": cfg["steps"], "train_all": cfg["train_all"],
