@@ -553,7 +553,8 @@ def readme_table(report: Report, name: str | None = None) -> str:
     g = report.group(name or report.readme_group())
     source = (f"`{METRICS_DIR}/{EVAL_FILE}` (`dvc repro` with `{PARAMS_FILE}`)" if g.name == DEFAULT_GROUP
               else f"`{report.runs_dir}/` group `{g.name}`")
-    lines = [f"{source}; {_seeds_text(g)}. Δ: {g.headline} minus the row (pp), with the runs it wins.", ""]
+    lines = [f"{source}: {describe(g.runs[0].params)}; {_seeds_text(g)}. Δ: {g.headline} minus the row (pp), "
+             "with the runs it wins.", ""]
     if g.name == DEFAULT_GROUP and report.stale:
         lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
     lines += [f"| row | {METRIC} (%) | Δ (pp) | wins |", "|---|---|---|---|"]
