@@ -78,6 +78,24 @@ def test_report_by_hand(repo):
         report.readme_table(rep, "nope")
 
 
+def test_report_has_the_statistics_of_hms_seeds(repo):
+    """The same eval.json files give hms seeds' numbers and difference table."""
+    from hms_core.tools import seeds
+    emb = report.collect(repo).group("emb")
+    s = seeds.summarise({r.seed: r.metrics for r in emb.runs})
+    assert ({row: m["mIoU"][:3] for row, m in s.rows.items()}                  # n, mean, std
+            == {row: m["mIoU"][:3] for row, m in emb.summary.rows.items()})
+    assert report.difference_lines(s) == report.difference_lines(emb.summary)
+
+
+def test_ties_are_counted(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
+    for seed, avg in ((0, 0.75), (1, 0.70)):
+        write_run(tmp_path, f"t-s{seed}", {**BASE, "seed": seed}, {"avg": avg, "hms_0.5-1.0-2.0": 0.75})
+    # d = 0, 5 pp: mean 2.5, s = sqrt(2 * 2.5^2 / 1) = 3.54; one win, one tie
+    assert "| avg | 2 | +2.50 ± 3.54 | 1/2 (1 tie) |" in report.markdown(report.collect(tmp_path)).splitlines()
+
+
 def test_default_pipeline_and_stale_metrics(repo):
     (repo / "metrics").mkdir()
     (repo / "metrics" / "eval.json").write_text(json.dumps(

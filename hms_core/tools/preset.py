@@ -14,7 +14,6 @@ is an ordinary DVC experiment (``dvc exp show``, ``dvc exp apply``) and
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,37 +21,14 @@ from typing import Any, Sequence
 
 from hms_core.config import ParamsError, load_params, validate
 from hms_core.io import read_yaml
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+from hms_core.tools.report import flatten, format_value, merged
 
 
 def set_arguments(preset: dict[str, Any]) -> list[str]:
-    """``-S key=value`` pairs for ``dvc exp run``; values as YAML flow (JSON) so lists keep their shape."""
-    args: list[str] = []
-    for key, value in flatten(preset).items():
-        args += ["-S", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
-    return args
-
-
-def merged(params: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with the preset's leaves put in: what the experiment will run with."""
-    out = json.loads(json.dumps(params))
-    for key, value in flatten(preset).items():
-        *parents, leaf = key.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+    """``-S key=value`` pairs for ``dvc exp run``, a pair per leaf of :func:`flatten`; values as YAML flow
+    (JSON) so lists keep their shape."""
+    return [arg for key, value in flatten(preset).items()
+            for arg in ("-S", f"{key}={format_value(value, compact=False)}")]
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:

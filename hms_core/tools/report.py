@@ -19,8 +19,8 @@ Runs whose params are equal except ``seed`` form a group. For each group and eac
 mIoU in % as mean ± sample standard deviation (ddof = 1) over the N runs, and the paired
 differences d_i = H_i - row_i of the headline HMS row H (``hms_`` + the last chain of
 ``evaluate.hms_scales``) minus every other row, run by run, as mean ± sample std in
-percentage points with the wins #{d_i > 0} / N. A group of one run shows its single values.
-A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
+percentage points with the wins #{d_i > 0} / N (and the ties d_i = 0). A group of one run shows
+its single values. A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
 differ from the repository's ``params.yaml`` and its stage times when ``times.json`` exists.
 
 :func:`readme_table` returns the README's one results table for a group name (``default``:
@@ -28,20 +28,25 @@ differ from the repository's ``params.yaml`` and its stage times when ``times.js
 ``<!-- results:end -->`` in ``README.md`` and leaves every other byte of the file as it was.
 
 This module imports neither torch nor the rest of the library (only pandas and PyYAML), so it
-runs in a second even where torch is not installed.
+runs in a second even where torch is not installed. ``hms seeds`` (hms_core/tools/seeds.py), the same
+statistics over DVC experiments, takes them from here: :func:`flatten`, :func:`params_key`,
+:func:`summarise_table` (:func:`mean_std`, :func:`paired_difference`) and the markdown of
+:func:`score_lines` and :func:`difference_lines`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 import yaml
@@ -118,7 +123,7 @@ def read_run(folder: Path, name: str, root: Path, params: dict[str, Any] | None 
     times = None
     if (folder / TIMES_FILE).is_file():
         times = _read_json(folder / TIMES_FILE)
-        if not isinstance(times, dict) or not all(_is_number(v) for v in times.values()):
+        if not isinstance(times, dict) or not all(is_number(v) for v in times.values()):
             raise ReportError(f"{folder / TIMES_FILE}: must map each stage to its seconds")
     return Run(name=name, source=_rel(folder, root),
                params=params if params is not None else _read_yaml(folder / PARAMS_FILE),
@@ -188,11 +193,12 @@ def param_differences(params: dict[str, Any], base: dict[str, Any], skip: Sequen
     return changed, missing
 
 
-def format_value(value: Any) -> str:
-    """A params value as ``dvc exp run -S`` reads it (YAML flow; JSON for lists and mappings)."""
+def format_value(value: Any, compact: bool = True) -> str:
+    """A params value as ``dvc exp run -S`` reads it (YAML flow; JSON for lists and mappings, without
+    spaces unless not ``compact``)."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":") if compact else None)
 
 
 def set_arguments(changed: dict[str, Any]) -> str:
@@ -210,6 +216,12 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[last] = value
     return out
+
+
+def merged(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the leaves of ``changes`` (nested, or keys ``"a.b"``) put in, as a new tree: what a
+    run with ``dvc exp run -S`` of those leaves runs with."""
+    return unflatten({**flatten(params), **flatten(changes)})
 
 
 def lock_params(root: Path) -> dict[str, Any]:
@@ -258,12 +270,78 @@ def headline_row(params: dict[str, Any]) -> str:
         raise ReportError("params have no evaluate.hms_scales to name the headline HMS row") from None
 
 
-def long_table(runs: Sequence[Run], metric: str = METRIC) -> pd.DataFrame:
-    """One line per run and row: ``run``, ``seed``, ``row``, ``value`` (a fraction)."""
-    records = [{"run": r.name, "seed": r.seed, "row": row, "value": float(values[metric])}
-               for r in runs for row, values in r.metrics.items()
-               if isinstance(values, dict) and _is_number(values.get(metric))]
-    return pd.DataFrame.from_records(records, columns=["run", "seed", "row", "value"])
+class Stat(NamedTuple):
+    """Mean and sample standard deviation of one value per run (the order of ``hms seeds --json``)."""
+    n: int
+    mean: float
+    std: float                        # NaN for one run
+    values: dict[Any, float]          # run (seed or name) -> value
+
+
+class Difference(NamedTuple):
+    """Paired differences d_i = headline_i - row_i over the runs i, the headline's wins #{d_i > 0} and ties."""
+    row: str
+    stat: Stat
+    wins: int
+    ties: int
+
+
+def mean_std(values: dict[Any, float] | pd.Series, min_n: int = 2) -> Stat:
+    """m = (1/N) sum_i x_i ;  s = sqrt( sum_i (x_i - m)^2 / (N - 1) )  (ddof = 1; N >= ``min_n``, s NaN for N = 1)."""
+    x = pd.Series(values, dtype=float)
+    if len(x) < min_n:
+        raise ReportError(f"a standard deviation needs at least {min_n} seeds, got {len(x)}")
+    # The stdlib's correctly rounded fmean/stdev, not x.mean()/x.std(): pandas sums in plain floats and
+    # differs in the last bit (one number in 12 on the tests' data), which hms seeds --json would print.
+    return Stat(len(x), statistics.fmean(x), statistics.stdev(x) if len(x) > 1 else math.nan, x.to_dict())
+
+
+def paired_difference(row: str, headline: dict[Any, float] | pd.Series, baseline: dict[Any, float] | pd.Series,
+                      min_n: int = 2) -> Difference:
+    """d_i = headline_i - baseline_i for every run i; mean ± sample std of the d_i; wins = #{d_i > 0},
+    ties = #{d_i = 0}."""
+    headline, baseline = pd.Series(headline, dtype=float), pd.Series(baseline, dtype=float)
+    if set(headline.index) != set(baseline.index):
+        raise ReportError(f"row {row}: the seeds of HMS and the baseline differ")
+    d = (headline - baseline).sort_index()   # pandas pairs the values by run
+    return Difference(row, mean_std(d, min_n), wins=int((d > 0).sum()), ties=int((d == 0).sum()))
+
+
+class Summary(NamedTuple):
+    """Runs that differ only in the seed, row by row: row -> metric -> Stat, and the headline HMS row
+    minus every other row."""
+    seeds: list[Any]                  # the runs (hms seeds: their seeds; hms report: their names)
+    metric: str                       # of the differences and the first column
+    metrics: list[str]
+    hms: str                          # the headline row
+    rows: dict[str, dict[str, Stat]]
+    differences: list[Difference]     # none when the headline row is not one of the rows
+    dropped_rows: list[str]           # rows not every run has, left out
+
+
+def summarise_table(x: pd.DataFrame, metric: str, hms: str, dropped: Sequence[str] = (),
+                    min_n: int = 2) -> Summary:
+    """``x``: a line per run, a column per (row, metric), fractions -> each column's :func:`mean_std` and
+    the :func:`paired_difference` of ``metric``: row ``hms`` minus each other row."""
+    rows, metrics = (list(dict.fromkeys(x.columns.get_level_values(level))) for level in (0, 1))
+    y = x.xs(metric, axis=1, level=1)   # run x row, the metric of the differences
+    return Summary(list(x.index), metric, metrics, hms,
+                   {r: {m: mean_std(x[(r, m)], min_n) for m in metrics} for r in rows},
+                   [paired_difference(r, y[hms], y[r], min_n) for r in rows if r != hms] if hms in rows else [],
+                   list(dropped))
+
+
+def summarise(runs: Sequence[Run], headline: str, metric: str = METRIC) -> Summary:
+    """The :func:`summarise_table` of ``metric`` over the N runs (N = 1 too: no std), of the rows every run
+    has a number of; the others are dropped."""
+    # run x row, the rows in order of first appearance; NaN where a run has no number
+    x = pd.DataFrame([{row: float(v[metric]) for row, v in r.metrics.items() if isinstance(v, dict)
+                       and is_number(v.get(metric))} for r in runs], index=[r.name for r in runs])
+    if x.columns.empty:
+        raise ReportError(f"no row with a '{metric}' in the runs {', '.join(r.name for r in runs)}")
+    complete = x.dropna(axis=1)
+    return summarise_table(pd.concat({metric: complete}, axis=1).swaplevel(axis=1), metric, headline,
+                           [r for r in x if r not in complete], min_n=1)
 
 
 @dataclass
@@ -271,10 +349,7 @@ class Group:
     """Runs whose params are equal except ``seed``, and what the report shows of them."""
     name: str
     runs: list[Run]
-    headline: str
-    table: pd.DataFrame                  # index: row; columns n, mean, std (fractions; std NaN for N = 1)
-    diffs: pd.DataFrame                  # index: row; columns n, mean, std, wins (d = headline - row)
-    dropped: list[str] = field(default_factory=list)   # rows not in every run
+    summary: Summary                     # of the report's metric, the runs by name
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -285,27 +360,22 @@ class Group:
     def seeds(self) -> list[Any]:
         return [r.seed for r in self.runs]
 
+    @property
+    def headline(self) -> str:
+        return self.summary.hms
 
-def summarise(runs: Sequence[Run], headline: str, metric: str = METRIC
-              ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Over the N runs: per row n, mean and sample std (ddof = 1) of ``metric``; the paired
-    differences d_i = headline_i - row_i per row with their mean, sample std and wins #{d_i > 0};
-    the rows left out because some run lacks them."""
-    long = long_table(runs, metric)
-    if long.empty:
-        raise ReportError(f"no row with a '{metric}' in the runs {', '.join(r.name for r in runs)}")
-    order = list(dict.fromkeys(long["row"]))
-    wide = long.pivot(index="row", columns="run", values="value").reindex(order)
-    complete = wide.dropna()
-    dropped = [r for r in order if r not in complete.index]
-    table = pd.DataFrame({"n": complete.count(axis=1), "mean": complete.mean(axis=1),
-                          "std": complete.std(axis=1, ddof=1)})
-    if headline not in complete.index:
-        return table, pd.DataFrame(columns=["n", "mean", "std", "wins"]), dropped
-    d = complete.rsub(complete.loc[headline], axis=1).drop(index=headline)   # headline_i - row_i
-    diffs = pd.DataFrame({"n": d.count(axis=1), "mean": d.mean(axis=1), "std": d.std(axis=1, ddof=1),
-                          "wins": (d > 0).sum(axis=1)})
-    return table, diffs, dropped
+    @property
+    def table(self) -> pd.DataFrame:
+        """The rows' statistics as a frame: index row; columns n, mean, std, values."""
+        return pd.DataFrame([m[self.summary.metric] for m in self.summary.rows.values()],
+                            index=pd.Index(list(self.summary.rows), name="row"), columns=list(Stat._fields))
+
+    @property
+    def diffs(self) -> pd.DataFrame:
+        """The differences as a frame: index row; columns n, mean, std, values, wins, ties."""
+        ds = self.summary.differences
+        return pd.DataFrame([{**d.stat._asdict(), "wins": d.wins, "ties": d.ties} for d in ds],
+                            index=pd.Index([d.row for d in ds], name="row"), columns=[*Stat._fields, "wins", "ties"])
 
 
 def _base_name(name: str) -> str:
@@ -325,16 +395,16 @@ def group_name(runs: Sequence[Run]) -> str:
 def make_group(name: str, runs: Sequence[Run], metric: str = METRIC) -> Group:
     runs = sorted(runs, key=lambda r: (str(r.seed), r.name))
     headline = headline_row(runs[0].params)
-    table, diffs, dropped = summarise(runs, headline, metric)
+    s = summarise(runs, headline, metric)
     notes = []
-    if headline not in table.index:
+    if headline not in s.rows:
         notes.append(f"the headline row {headline} is not in every run's eval.json: no differences")
-    if dropped:
-        notes.append(f"rows not in every run, left out: {', '.join(dropped)}")
+    if s.dropped_rows:
+        notes.append(f"rows not in every run, left out: {', '.join(s.dropped_rows)}")
     seeds = [r.seed for r in runs]
     if len(set(map(str, seeds))) < len(seeds):
         notes.append("some runs share a seed; each run counts once")
-    return Group(name, list(runs), headline, table, diffs, dropped, notes)
+    return Group(name, list(runs), s, notes)
 
 
 def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] = (DEFAULT_GROUP,)) -> list[Group]:
@@ -357,10 +427,24 @@ def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] =
 
 # --------------------------------------------------------------------------- markdown
 
-def pct(mean: float, std: float, n: int, signed: bool = False) -> str:
-    """A fraction's mean (and sample std when n >= 2) in % (or percentage points), 2 decimals."""
-    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
-    return f"{text} ± {100 * std:.2f}" if n >= 2 else text
+def pct(stat: Stat, signed: bool = False) -> str:
+    """A fraction's mean (± std from 2 runs) in percent, or a difference's in percentage points, 2 decimals."""
+    text = f"{100 * stat.mean:{'+' if signed else ''}.2f}"
+    return f"{text} ± {100 * stat.std:.2f}" if stat.n >= 2 else text
+
+
+def score_lines(s: Summary) -> list[str]:
+    """Markdown: a line per row with N and each metric's :func:`pct`."""
+    lines = ["| row | N | " + " | ".join(f"{m} (%)" for m in s.metrics) + " |", "|---|---|" + "---|" * len(s.metrics)]
+    return lines + [f"| {row} | {len(s.seeds)} | " + " | ".join(pct(stats[m]) for m in s.metrics) + " |"
+                    for row, stats in s.rows.items()]
+
+
+def difference_lines(s: Summary) -> list[str]:
+    """Markdown: a line per :class:`Difference`, its N, mean ± std in percentage points, the wins (and ties)."""
+    lines = [f"| {s.hms} minus | N | Δ {s.metric} (pp) | wins (d_i > 0) |", "|---|---|---|---|"]
+    return lines + [f"| {d.row} | {d.stat.n} | {pct(d.stat, signed=True)} | {d.wins}/{d.stat.n}"
+                    + (f" ({d.ties} tie{'s' if d.ties > 1 else ''})" if d.ties else "") + " |" for d in s.differences]
 
 
 def _seeds_text(group: Group) -> str:
@@ -370,30 +454,17 @@ def _seeds_text(group: Group) -> str:
     return f"N = {group.n} ({label} {seeds}){stat}"
 
 
-def score_table(group: Group) -> list[str]:
-    """The group's mIoU per row, as markdown lines."""
-    lines = [f"| row | N | {METRIC} (%) |", "|---|---|---|"]
-    for row, s in group.table.iterrows():
-        lines.append(f"| {row} | {int(s['n'])} | {pct(s['mean'], s['std'], int(s['n']))} |")
-    return lines
-
-
 def difference_table(group: Group) -> list[str]:
     """The paired differences of the headline row minus every other row, as markdown lines (none
     when the headline row is missing)."""
-    if not len(group.diffs):
+    if not group.summary.differences:
         return []
-    lines = [f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
-             "wins: the runs with d_i > 0.", "",
-             f"| {group.headline} minus | N | Δ {METRIC} (pp) | wins (d_i > 0) |", "|---|---|---|---|"]
-    for row, d in group.diffs.iterrows():
-        n = int(d["n"])
-        lines.append(f"| {row} | {n} | {pct(d['mean'], d['std'], n, signed=True)} | {int(d['wins'])}/{n} |")
-    return lines
+    return [f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
+            "wins: the runs with d_i > 0.", "", *difference_lines(group.summary)]
 
 
 def _fmt(value: Any, scale: float, digits: int) -> str:
-    return f"{value * scale:.{digits}f}" if _is_number(value) else "-"
+    return f"{value * scale:.{digits}f}" if is_number(value) else "-"
 
 
 def default_tables(run: Run) -> list[str]:
@@ -484,7 +555,7 @@ def collect(root: str | Path = ".", runs_dir: str = RUNS_DIR, metric: str = METR
     params = _read_yaml(root / PARAMS_FILE)
     locked = lock_params(root)
     # metrics/ holds what the stages ran with: params.yaml where dvc.lock agrees, dvc.lock's values where not.
-    run = default_run(root, unflatten({**flatten(params), **locked}))
+    run = default_run(root, merged(params, locked))
     default = make_group(DEFAULT_GROUP, [run], metric) if run else None
     stale = lock_differences(params, locked) if run else []
     return Report(params, default, group_runs(find_runs(root, runs_dir), metric), runs_dir, stale)
@@ -529,7 +600,7 @@ def markdown(report: Report) -> str:
                   f"{_seeds_text(g)}; runs " + ", ".join(f"`{r.source}`" for r in g.runs) + f". {same}.", ""]
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
         diff = difference_table(g)
-        lines += score_table(g) + ([""] + diff if diff else []) + [""]
+        lines += score_lines(g.summary) + ([""] + diff if diff else []) + [""]
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
@@ -558,14 +629,13 @@ def readme_table(report: Report, name: str | None = None) -> str:
     if g.name == DEFAULT_GROUP and report.stale:
         lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
     lines += [f"| row | {METRIC} (%) | Δ (pp) | wins |", "|---|---|---|---|"]
-    for row, s in g.table.iterrows():
-        n = int(s["n"])
-        if row in g.diffs.index:
-            d = g.diffs.loc[row]
-            delta, wins = pct(d["mean"], d["std"], int(d["n"]), signed=True), f"{int(d['wins'])}/{int(d['n'])}"
+    diffs = {d.row: d for d in g.summary.differences}
+    for row, stats in g.summary.rows.items():
+        if row in diffs:
+            delta, wins = pct(diffs[row].stat, signed=True), f"{diffs[row].wins}/{diffs[row].stat.n}"
         else:
             delta, wins = ("headline", "") if row == g.headline else ("-", "")
-        lines.append(f"| {row} | {pct(s['mean'], s['std'], n)} | {delta} | {wins} |")
+        lines.append(f"| {row} | {pct(stats[g.summary.metric])} | {delta} | {wins} |")
     return "\n".join(lines) + "\n"
 
 
@@ -615,7 +685,8 @@ def update_readme(path: Path, block: str) -> bool:
     return new != old
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
