@@ -83,7 +83,7 @@ from hms_core.io import write_json
 from hms_core.models.weights import load_checked, read_state_dict
 from hms_core.runtime import distributed
 from hms_core.runtime.speed import Speed, configure_backends
-from hms_core.train.engine import poly_schedule, resolve_device, seed_everything
+from hms_core.train.engine import optimizer_step, poly_schedule, resolve_device, seed_everything
 from hms_core.train.jobs import finetune_pairs, pipeline_images
 from hms_core.train.losses import class_weights
 from hms_core.train.streams import sample_stream
@@ -221,14 +221,7 @@ def train(model: nn.Module, dataset: TrainSet, cfg: dict[str, Any], steps: int, 
     for image, label in stream:
         with speed.autocast():
             loss = reference_loss(model(image), label, weights, cfg["aux_weight"])
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, optimizer, scaler)
         step_lr = scheduler.get_last_lr()[0]  # the lr this step ran at
         scheduler.step()
         done += 1

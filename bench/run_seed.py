@@ -35,6 +35,7 @@ from hms_core.tools.preset import merged, read_preset  # noqa: E402
 KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
+PROGRESS = re.compile(r"\d(s/)?(step|batch|it)(/s)?[,\]]|\?(step|batch|it)/s")  # tqdm's rate field
 
 
 def stage_times(log: str) -> dict[str, float]:
@@ -106,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         for rel in KEPT:
             if (work / rel).exists():
                 shutil.copy(work / rel, tmp / Path(rel).name)
-        shutil.copy(work / "params.yaml", tmp / "params.yaml")
-        shutil.copy(work / "repro.log", tmp / "repro.log")
+        # The saved params and log name the dataset as given (relative to the repository), not the
+        # worktree's absolute path; the log keeps the lines, not the progress bars.
+        given = args.dataset and os.path.relpath(Path(args.dataset).resolve(), ROOT)
+        params["data"]["convert"]["root"] = given or params["data"]["convert"]["root"]
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        lines = [line for line in text.replace("\r", "\n").splitlines() if not PROGRESS.search(line)]
+        log = "\n".join(lines) + "\n"
+        (tmp / "repro.log").write_text(log.replace(str(Path(args.dataset).resolve()), given) if given else log)
         (tmp / "times.json").write_text(json.dumps(stage_times(text), indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
