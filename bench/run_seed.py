@@ -56,22 +56,14 @@ def run_params(seed: int, presets: list[str], sets: list[str], dataset: str | No
     params = load_params(ROOT / "params.yaml")
     for path in presets:
         params = merged(params, read_preset(ROOT / path))
-    extra: dict = {"seed": seed}
-    if dataset:
-        extra["data"] = {"convert": {"root": str(Path(dataset).resolve())}}
-    params = merged(params, extra)
+    # merged() takes dotted keys as they are: "data.convert.root", or a --set's "finetune.steps".
+    extra = {"seed": seed, **({"data.convert.root": str(Path(dataset).resolve())} if dataset else {})}
     for item in sets:
         key, _, value = item.partition("=")
-        params = merged(params, unflatten(key, yaml.safe_load(value)))
+        extra[key] = yaml.safe_load(value)
+    params = merged(params, extra)
     validate(params)
     return params
-
-
-def unflatten(key: str, value: object) -> dict:
-    """``"a.b", 1`` -> ``{"a": {"b": 1}}``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:
