@@ -83,6 +83,7 @@ from hms_core.io import write_json
 from hms_core.models.weights import load_checked, read_state_dict
 from hms_core.runtime import distributed
 from hms_core.runtime.speed import Speed, configure_backends
+from hms_core.train.engine import build_optimizer as engine_optimizer
 from hms_core.train.engine import optimizer_step, poly_schedule, resolve_device, seed_everything
 from hms_core.train.jobs import finetune_pairs, pipeline_images
 from hms_core.train.losses import class_weights
@@ -188,13 +189,7 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any], steps: int
     if aux is not None:
         groups.append({"params": [p for p in aux.parameters() if p.requires_grad],
                        "lr": cfg["lr"] * cfg["aux_lr_mult"]})
-    if cfg["optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"],
-                                    weight_decay=cfg["weight_decay"])
-    elif cfg["optimizer"] == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    else:
-        raise ValueError(f"optimizer: expected sgd or adamw, got {cfg['optimizer']!r}")
+    optimizer = engine_optimizer(groups, cfg)  # the pipeline's sgd | adamw, here on parameter groups
     return optimizer, poly_schedule(optimizer, steps, cfg["poly_power"])
 
 
