@@ -1,18 +1,13 @@
 """Results over seeds: the rows of ``metrics/eval.json`` as mean ± std over DVC experiments.
 
-After ``dvc exp run --queue -S seed=0`` (1, 2, ...) and ``dvc queue start``, from the repository root:
-``python -m hms_core.tools.seeds [--all] [--metric M] [--hms ROW] [--out FILE] [--json FILE]``.
-
-``read_exp_show`` runs ``dvc exp show --json``, the only call to DVC: unlike ``dvc.api.exp_show()`` it
-keeps eval.json nested (row names contain dots), the params per file, integer seeds and each queue
-task's state. ``group_runs`` groups the finished experiments whose params other than ``seed`` are equal
-(by default the workspace's; ``--all``: every group), the newest run of a seed winning. ``summarise``
-gives over the N seeds i each row's ``--metric`` (then ``pixel_acc``) x_i as mean m = (1/N) sum_i x_i and
-sample std s = sqrt( sum_i (x_i - m)^2 / (N - 1) ), and the paired differences d_i = a_i - b_i of the main
-HMS row a (the ``hms_*`` row with the most scales, or ``--hms``) minus each other row b as m ± s of the
-d_i, with the wins #{d_i > 0} and ties #{d_i = 0}: the statistics and tables of ``hms report``
-(hms_core/tools/report.py). Percent in the markdown, fractions in ``--json``. Errors a user can fix: one
-line, exit 1.
+After ``dvc exp run --queue -S seed=0`` (1, 2, ...) and ``dvc queue start``:
+``hms seeds [--all] [--metric M] [--hms ROW] [--out FILE] [--json FILE]``. ``dvc exp show --json`` keeps
+eval.json nested (row names hold dots), the params per file and each queue task's state. The finished
+experiments whose params other than ``seed`` equal the workspace's (``--all``: every such group) are
+summarised, the newest run of a seed winning: each row's mean m = (1/N) sum_i x_i and sample std
+s = sqrt( sum_i (x_i - m)^2 / (N - 1) ), and the paired differences d_i = a_i - b_i of the main HMS row a
+minus each other row b, with the wins #{d_i > 0}; the statistics and tables are ``hms report``'s
+(hms_core/tools/report.py). Percent in the markdown, fractions in ``--json``. Errors: one line, exit 1.
 """
 from __future__ import annotations
 
@@ -38,7 +33,6 @@ SeedsError = ReportError   # the statistics raise it too: one error line, exit 1
 class Run:
     """A finished experiment (or the workspace); params flattened, seed apart, other files' as ``file:key``."""
     name: str
-    rev: str
     seed: int
     params: dict[str, Any]
     metrics: dict[str, Any]          # metrics/eval.json
@@ -47,7 +41,7 @@ class Run:
 
 @dataclass
 class Experiments:
-    """What ``parse_exp_show`` found: the workspace's params and run (None: no usable seed or eval.json)."""
+    """The workspace's params and run (None: no usable seed or eval.json), the experiments, the skipped."""
     workspace_params: dict[str, Any]
     workspace: Run | None
     runs: list[Run] = field(default_factory=list)
@@ -65,15 +59,10 @@ def read_exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dic
         last = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:]
         raise SeedsError(f"'dvc exp show --json' failed in {Path(repo).resolve()}: "
                          f"{last[0] if last else f'exit status {proc.returncode}'}")
-    try:
-        data = json.loads(proc.stdout)
+    try:   # from the first '[': a warning may come before the JSON
+        data = json.loads(proc.stdout[proc.stdout.index("["):])
     except ValueError:
-        try:  # a warning printed on stdout before the JSON: parse from the first '['
-            data = json.loads(proc.stdout[proc.stdout.index("["):])
-        except ValueError:
-            raise SeedsError("'dvc exp show --json' did not print JSON") from None
-    if not isinstance(data, list):
-        raise SeedsError("'dvc exp show --json' printed an unknown format (DVC 3.x is needed)")
+        raise SeedsError("'dvc exp show --json' did not print a JSON list (DVC 3.x is needed)") from None
     return data
 
 
@@ -91,15 +80,13 @@ def _make_run(name: str, entry: dict[str, Any]) -> tuple[Run | None, str, dict[s
         return None, f"{SEED} {seed!r} is not an integer", params
     if not (isinstance(metrics, dict) and metrics):
         return None, f"no {EVAL_FILE}", params
-    rev = str(entry.get("rev") or data.get("rev") or "")
-    return Run(name, rev, seed, params, metrics, data.get("timestamp")), "", params
+    return Run(name, seed, params, metrics, data.get("timestamp")), "", params
 
 
 def parse_exp_show(data: list[dict[str, Any]]) -> Experiments:
-    """``dvc exp show --json`` (DVC 3.x) -> runs: the ``experiments`` of each baseline commit, ``{"name",
-    "executor": null | {"state"}, "revs": [{"rev", "error", "data": {"timestamp", "params": {file: {"data"}},
-    "metrics": {file: {"data"}}}}]}``; the ``"workspace"`` entry gives the workspace's params. A failed
-    queue task still shows the eval.json it started from: an ``error``, or a state but ``success``, skips."""
+    """``dvc exp show --json`` (DVC 3.x: per baseline commit ``{"experiments": [{"name", "executor": null |
+    {"state"}, "revs": [{"error", "data": {"timestamp", "params", "metrics"}}]}]}``, and a ``"workspace"``
+    entry) -> runs. A failed queue task still shows the eval.json it started from: it is skipped."""
     found = Experiments({}, None)
     for baseline in (b for b in data if isinstance(b, dict)):
         if baseline.get("rev") == "workspace":
@@ -140,16 +127,13 @@ class Group:
         return "params.yaml with " + ", ".join(f"{k}={shown[k]}" for k in sorted(shown))
 
 
-def group_runs(experiments: Experiments, all_groups: bool = False,
-               include_workspace: bool = False) -> list[Group]:
+def group_runs(experiments: Experiments, all_groups: bool = False, include_workspace: bool = False) -> list[Group]:
     """The group of the workspace's params, or with ``all_groups`` every group with runs (the workspace's
     first, then by first appearance in time). One run per seed, the newest by commit time;
     ``include_workspace`` adds the workspace's eval.json for a seed no experiment of its group has."""
     ws, ws_key = experiments.workspace, params_key(experiments.workspace_params)
-    # The workspace first, then the experiments oldest first: the last run of a (params, seed) is the one
-    # kept, and each run names the one it replaces, in time order.
-    runs = ([ws] if include_workspace and ws is not None else []) + sorted(experiments.runs,
-                                                                          key=lambda r: r.timestamp or "")
+    # The workspace first, then oldest first: the last run of a (params, seed) is kept; each names the one it replaces.
+    runs = ([ws] if include_workspace and ws else []) + sorted(experiments.runs, key=lambda r: r.timestamp or "")
     df = pd.DataFrame({"run": pd.Series(runs, dtype=object), "seed": [r.seed for r in runs],
                        "key": [params_key(r.params) for r in runs]})
     df["old"] = df.groupby(["key", "seed"])["run"].shift(1)
@@ -164,19 +148,13 @@ def group_runs(experiments: Experiments, all_groups: bool = False,
     return [g for g in groups if g.runs] if all_groups else groups[:1]
 
 
-def lookup(row: dict[str, Any], metric: str) -> Any:
-    """``row[metric]``; a dotted name walks nested dicts (``iou.flat`` -> ``row["iou"]["flat"]``)."""
-    head, dot, rest = metric.partition(".")
-    if metric not in row and dot and isinstance(row.get(head), dict):
-        return lookup(row[head], rest)
-    return row[metric]
-
-
-def _number(runs: dict[int, dict[str, Any]], row: str, metric: str, seed: int) -> float:
-    try:
-        value = lookup(runs[seed][row], metric)
-    except KeyError:
-        raise SeedsError(f"row {row} of seed {seed} has no metric '{metric}'") from None
+def _number(eval_json: dict[str, Any], row: str, metric: str, seed: int) -> float:
+    """``eval_json[row][metric]``; a dotted metric walks nested dicts (``iou.flat``)."""
+    value: Any = eval_json[row]
+    for part in [metric] if metric in value else metric.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise SeedsError(f"row {row} of seed {seed} has no metric '{metric}'")
+        value = value[part]
     if not is_number(value):
         raise SeedsError(f"row {row} of seed {seed}: '{metric}' is {value!r}, not a finite number")
     return float(value)
@@ -213,7 +191,7 @@ def summarise(runs: dict[int, dict[str, Any]], metric: str = "mIoU", hms: str | 
         raise SeedsError(f"--hms {hms}: not a row of every seed's {EVAL_FILE} (rows: {', '.join(rows)})")
     hms, metrics = main_hms_row(rows) if hms is None else hms, list(dict.fromkeys([metric, SECONDARY_METRIC]))
     # seed x (row, metric), read row by row, metric by metric, seed by seed: the first bad value is reported
-    table = pd.DataFrame({(r, m): [_number(runs, r, m, s) for s in seeds] for r in rows for m in metrics},
+    table = pd.DataFrame({(r, m): [_number(runs[s], r, m, s) for s in seeds] for r in rows for m in metrics},
                          index=seeds)
     return summarise_table(table, metric, hms, dropped)
 
@@ -256,13 +234,11 @@ def report(experiments: Experiments, metric: str = "mIoU", hms: str | None = Non
         names = {seed: r.name for seed, r in group.runs.items()}
         parts.append(markdown(s, title, names))
         # json.dumps writes the int seeds of "values" as strings
-        numbers.append({"title": title, "params": group.params, "runs": names, "seeds": s.seeds,
-                        "n": len(s.seeds), "metric": s.metric, "hms": s.hms,
-                        "unit": "fraction (eval.json); differences are fractions too",
+        numbers.append({"title": title, "params": group.params, "runs": names, "seeds": s.seeds, "n": len(s.seeds),
+                        "metric": s.metric, "hms": s.hms, "unit": "fraction (eval.json); differences are fractions too",
                         "rows": {r: {m: st._asdict() for m, st in ms.items()} for r, ms in s.rows.items()},
                         "differences": {d.row: {**d.stat._asdict(), "wins": d.wins, "ties": d.ties}
-                                        for d in s.differences},
-                        "dropped_rows": s.dropped_rows})
+                                        for d in s.differences}, "dropped_rows": s.dropped_rows})
     if not parts:
         raise SeedsError("no group of experiments with 2 or more seeds")
     return "\n".join(parts), numbers
@@ -281,10 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         "seed (default: the experiments with the workspace's other params)")
     add("--include-workspace", action="store_true",
         help="count the workspace's metrics/eval.json as a run when its seed is not an experiment's")
-    add("--common-rows", action="store_true",
-        help="use the rows every seed has instead of failing when they differ")
-    add("--all-commits", "-A", action="store_true",
-        help="experiments of every commit (default: those derived from HEAD)")
+    add("--common-rows", action="store_true", help="use the rows every seed has instead of failing when they differ")
+    add("--all-commits", "-A", action="store_true", help="experiments of every commit (default: those of HEAD)")
     add("--out", metavar="FILE", help="also write the markdown to FILE")
     add("--json", metavar="FILE", help="also write the numbers (fractions) to FILE")
     return parser
