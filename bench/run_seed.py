@@ -1,15 +1,17 @@
 """One seed of the whole pipeline, run apart from the workspace, its results kept in docs/runs/NAME/.
 
     python bench/run_seed.py NAME --seed N [--preset presets/X.yaml ...] [--set key=value ...]
-                             [--dataset DIR] [--reference MODEL ...]
+                             [--dataset DIR] [--reference MODEL ...] [--reference-only]
 
 A git worktree of ``HEAD`` is made in a temporary folder; its ``params.yaml`` is the repository's
 with the presets applied in order (as ``hms run`` does), ``seed`` set, and ``--dataset`` as
 ``data.convert.root`` (an absolute path, as the worktree is elsewhere). ``dvc repro`` runs there;
 every stage's wall time comes from its own "done in N s" line. Into ``docs/runs/NAME/`` go
-``eval.json``, ``params.yaml``, ``table.md``, ``attention.json`` (when written), ``times.json``
-(``{"stage": seconds}``) and ``repro.log``; ``--reference`` then trains each named torchvision
-model with ``bench/reference.py`` on the same prepared data into ``docs/runs/NAME-ref-MODEL/``.
+``eval.json``, ``params.yaml``, ``table.md``, ``table.csv`` (each row's training images),
+``attention.json`` (when written), ``times.json`` (``{"stage": seconds}``) and ``repro.log``;
+``--reference`` then trains each named torchvision model with ``bench/reference.py`` on the same
+prepared data into ``docs/runs/NAME-ref-MODEL/`` (``--reference-only``: only the stages up to
+``prepare`` run, for the reference of a seed whose pipeline run is already kept).
 ``python -m hms_core.tools.report`` reads those folders.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from hms_core.config import load_params, validate  # noqa: E402
 from hms_core.tools.preset import merged, read_preset  # noqa: E402
 
-KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/attention.json")
+KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/table.csv", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
 PROGRESS = re.compile(r"\d(s/)?(step|batch|it)(/s)?[,\]]|\?(step|batch|it)/s")  # tqdm's rate field
@@ -66,6 +68,25 @@ def run_params(seed: int, presets: list[str], sets: list[str], dataset: str | No
     return params
 
 
+def save_run(work: Path, out: Path, params: dict, text: str, dataset: Path | None, given: str | None) -> None:
+    """``docs/runs/NAME/``, whole or not at all: the kept metrics, the params, the log without its progress
+    bars (the dataset's absolute path written as ``given``) and the stage times."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for rel in KEPT:
+        if (work / rel).exists():
+            shutil.copy(work / rel, tmp / Path(rel).name)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lines = [line for line in text.replace("\r", "\n").splitlines() if not PROGRESS.search(line)]
+    log = "\n".join(lines) + "\n"
+    (tmp / "repro.log").write_text(log.replace(str(dataset), given) if dataset and given else log)
+    (tmp / "times.json").write_text(json.dumps(stage_times(text), indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"run_seed: {out.relative_to(ROOT)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
@@ -74,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="key.path=value (JSON for numbers and lists)")
     p.add_argument("--dataset", help="data.convert.root (made absolute)")
     p.add_argument("--reference", action="append", default=[], help="a bench/reference.py --model to train too")
+    p.add_argument("--reference-only", action="store_true", help="run only up to 'prepare', then the references")
     p.add_argument("--keep", action="store_true", help="keep the worktree")
     args = p.parse_args(argv)
 
@@ -85,38 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         with open(work / "repro.log", "w") as log:
-            status = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+            status = subprocess.call([sys.executable, "-m", "dvc", "repro", *["prepare"] * args.reference_only],
+                                     cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         text = (work / "repro.log").read_text()
         if status != 0:
             print(text[-3000:], file=sys.stderr)
             print(f"run_seed: dvc repro failed (exit status {status}); worktree kept at {work}", file=sys.stderr)
             args.keep = True
             return 1
-        tmp = out.with_name(out.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for rel in KEPT:
-            if (work / rel).exists():
-                shutil.copy(work / rel, tmp / Path(rel).name)
         # The saved params and log name the dataset as given (relative to the repository), not the
-        # worktree's absolute path; the log keeps the lines, not the progress bars.
+        # worktree's absolute path, so that a run and its references have equal params.
         given = args.dataset and os.path.relpath(Path(args.dataset).resolve(), ROOT)
         params["data"]["convert"]["root"] = given or params["data"]["convert"]["root"]
-        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        lines = [line for line in text.replace("\r", "\n").splitlines() if not PROGRESS.search(line)]
-        log = "\n".join(lines) + "\n"
-        (tmp / "repro.log").write_text(log.replace(str(Path(args.dataset).resolve()), given) if given else log)
-        (tmp / "times.json").write_text(json.dumps(stage_times(text), indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        print(f"run_seed: {out.relative_to(ROOT)}", file=sys.stderr)
+        if not args.reference_only:
+            save_run(work, out, params, text, Path(args.dataset).resolve() if given else None, given)
         for model in args.reference:
             ref = ROOT / "docs" / "runs" / f"{args.name}-ref-{model.split('_')[0]}"
             subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py"), "--params", "params.yaml",
                             "--prepared", "data/prepared", "--model", model, "--out", str(ref)],
                            cwd=work, env=env, check=True)
-            shutil.copy(work / "params.yaml", ref / "params.yaml")
+            (ref / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return 0
     finally:
         if not args.keep:

@@ -78,6 +78,28 @@ def test_report_by_hand(repo):
         report.readme_table(rep, "nope")
 
 
+def test_reference_rows_join_the_run_of_their_seed(repo):
+    """A bench/reference.py folder adds its rows, renamed after the model, to the run with its params and
+    seed; a row some seeds lack is averaged over the seeds that have it and paired with HMS on those."""
+    write_run(repo, "emb-s1-ref-deeplabv3", {**BASE, "seed": 1}, {"reference": 0.70, "reference_tta_0.5-1.0-2.0": 0.74})
+    (repo / "docs/runs/emb-s1-ref-deeplabv3/reference.json").write_text(json.dumps(
+        {"model": "deeplabv3_mobilenet_v3_large (ASPP rates 6, 12, 18)", "images": 4800}))
+    (repo / "docs/runs/emb-s0/table.csv").write_text(
+        "method,row,train images,finetune images\nscale 1.0,scale_1.0,2400,1200\nHMS,hms_0.5-1.0-2.0,7200,1200\n")
+    rep = report.collect(repo)
+    emb = rep.group("emb")
+    assert [r.name for r in emb.runs] == ["emb-s0", "emb-s1"] and len(rep.groups) == 2
+    assert emb.table.loc["ref_deeplabv3", "n"] == 1 and emb.table.loc["scale_1.0", "n"] == 2
+    # seed 1 only: HMS 80 - reference 70 = +10, and 80 - 74 = +6
+    assert emb.diffs.loc["ref_deeplabv3", "mean"] == pytest.approx(0.10) and emb.diffs.loc["ref_deeplabv3", "n"] == 1
+    table = report.readme_table(rep, "emb").splitlines()
+    assert "| row | mIoU (%) | N | Δ (pp) | wins | training images (train + fine-tune) |" in table
+    assert "| scale_1.0 | 72.00 ± 2.83 | 2 | +5.50 ± 0.71 | 2/2 | 2400 + 1200 |" in table
+    assert "| avg | 76.50 ± 0.71 | 2 | +1.00 ± 2.83 | 1/2 | - |" in table
+    assert "| ref_deeplabv3_tta_0.5-1.0-2.0 | 74.00 | 1 | +6.00 | 1/1 | 4800 |" in table
+    assert "the `ref_*` rows from `docs/runs/emb-s1-ref-deeplabv3`" in report.markdown(rep)
+
+
 def test_report_has_the_statistics_of_hms_seeds(repo):
     """The same eval.json files give hms seeds' numbers and difference table."""
     from hms_core.tools import seeds

@@ -57,6 +57,9 @@ METRICS_DIR = "metrics"
 EVAL_FILE = "eval.json"
 COSTS_FILE = "costs.json"
 TIMES_FILE = "times.json"
+TABLE_FILE = "table.csv"
+REFERENCE_FILE = "reference.json"
+REFERENCE_PREFIX = "ref_"
 RUNS_DIR = "docs/runs"
 OUT_FILE = "docs/results.md"
 README_FILE = "README.md"
@@ -83,6 +86,8 @@ class Run:
     metrics: dict[str, Any]
     costs: dict[str, Any] | None = None
     times: dict[str, float] | None = None
+    budgets: dict[str, str] | None = None        # row -> its training images, "train + fine-tune" (table.csv)
+    references: tuple[str, ...] = ()             # reference folders whose rows were added (bench/reference.py)
 
     @property
     def seed(self) -> Any:
@@ -113,9 +118,19 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def read_budgets(path: Path) -> dict[str, str]:
+    """``table.csv`` (the evaluate stage's) -> ``{row: "train + fine-tune"}``: the training images of the
+    weights each row runs."""
+    try:
+        table = pd.read_csv(path, dtype=str)
+        return {r: f"{t} + {f}" for r, t, f in zip(table["row"], table["train images"], table["finetune images"])}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ReportError(f"{path}: {exc} (expected the columns row, train images, finetune images)") from None
+
+
 def read_run(folder: Path, name: str, root: Path, params: dict[str, Any] | None = None) -> Run:
-    """A run folder: ``eval.json`` and ``params.yaml`` (or the ``params`` given), ``costs.json`` and
-    ``times.json`` when they exist."""
+    """A run folder: ``eval.json`` and ``params.yaml`` (or the ``params`` given), ``costs.json``,
+    ``times.json`` and ``table.csv`` when they exist."""
     metrics = _read_json(folder / EVAL_FILE)
     if not isinstance(metrics, dict) or not metrics:
         raise ReportError(f"{folder / EVAL_FILE}: no rows")
@@ -125,18 +140,44 @@ def read_run(folder: Path, name: str, root: Path, params: dict[str, Any] | None 
         times = _read_json(folder / TIMES_FILE)
         if not isinstance(times, dict) or not all(is_number(v) for v in times.values()):
             raise ReportError(f"{folder / TIMES_FILE}: must map each stage to its seconds")
+    budgets = read_budgets(folder / TABLE_FILE) if (folder / TABLE_FILE).is_file() else None
     return Run(name=name, source=_rel(folder, root),
                params=params if params is not None else _read_yaml(folder / PARAMS_FILE),
-               metrics=metrics, costs=costs, times=times)
+               metrics=metrics, costs=costs, times=times, budgets=budgets)
+
+
+def reference_rows(folder: Path, run: Run) -> Run:
+    """A ``bench/reference.py --out`` folder (``reference.json`` beside ``eval.json``) as rows of its own:
+    ``reference*`` -> ``ref_<model>*`` (``ref_deeplabv3``, ``ref_deeplabv3_tta_0.5-1.0-2.0``, ...), each with
+    its budget, ``reference.json``'s training images."""
+    info = _read_json(folder / REFERENCE_FILE)
+    if not isinstance(info, dict) or not isinstance(info.get("model"), str) or "images" not in info:
+        raise ReportError(f"{folder / REFERENCE_FILE}: expected the model and its training images")
+    prefix = REFERENCE_PREFIX + info["model"].split("_")[0]
+    metrics = {prefix + row[len("reference"):]: v for row, v in run.metrics.items() if row.startswith("reference")}
+    return Run(run.name, run.source, run.params, metrics, None, run.times,
+               dict.fromkeys(metrics, str(info["images"])), (run.source,))
 
 
 def find_runs(root: Path, runs_dir: str = RUNS_DIR) -> list[Run]:
-    """Every ``runs_dir/<name>/`` holding ``eval.json`` and ``params.yaml``, by name."""
+    """Every ``runs_dir/<name>/`` holding ``eval.json`` and ``params.yaml``, by name. The rows of a
+    reference folder (:func:`reference_rows`) join the run with the same params and seed, when there is one."""
     base = root / runs_dir
     if not base.is_dir():
         return []
-    return [read_run(d, d.name, root) for d in sorted(base.iterdir())
-            if d.is_dir() and (d / EVAL_FILE).is_file() and (d / PARAMS_FILE).is_file()]
+    found = [(d, read_run(d, d.name, root)) for d in sorted(base.iterdir())
+             if d.is_dir() and (d / EVAL_FILE).is_file() and (d / PARAMS_FILE).is_file()]
+    runs = [r for d, r in found if not (d / REFERENCE_FILE).is_file()]
+    for ref in (reference_rows(d, r) for d, r in found if (d / REFERENCE_FILE).is_file()):
+        key = (params_key(ref.params), str(ref.seed))
+        match = [i for i, r in enumerate(runs) if (params_key(r.params), str(r.seed)) == key]
+        if not match:
+            runs.append(ref)
+            continue
+        r = runs[match[0]]
+        runs[match[0]] = Run(r.name, r.source, r.params, {**r.metrics, **ref.metrics}, r.costs, r.times,
+                             {**(r.budgets or {}), **(ref.budgets or {})}, r.references + ref.references)
+    return runs
 
 
 def default_run(root: Path, params: dict[str, Any]) -> Run | None:
@@ -145,7 +186,7 @@ def default_run(root: Path, params: dict[str, Any]) -> Run | None:
     if not (folder / EVAL_FILE).is_file():
         return None
     run = read_run(folder, DEFAULT_GROUP, root, params=params)
-    return Run(run.name, run.source, run.params, run.metrics, run.costs, None)
+    return Run(run.name, run.source, run.params, run.metrics, run.costs, None, run.budgets)
 
 
 # --------------------------------------------------------------------------- params
@@ -321,27 +362,26 @@ class Summary(NamedTuple):
 
 def summarise_table(x: pd.DataFrame, metric: str, hms: str, dropped: Sequence[str] = (),
                     min_n: int = 2) -> Summary:
-    """``x``: a line per run, a column per (row, metric), fractions -> each column's :func:`mean_std` and
-    the :func:`paired_difference` of ``metric``: row ``hms`` minus each other row."""
+    """``x``: a line per run, a column per (row, metric), fractions, NaN where a run lacks the row -> each
+    column's :func:`mean_std` over the runs that have it, and the :func:`paired_difference` of ``metric``,
+    row ``hms`` minus each other row, over the runs that have both."""
     rows, metrics = (list(dict.fromkeys(x.columns.get_level_values(level))) for level in (0, 1))
     y = x.xs(metric, axis=1, level=1)   # run x row, the metric of the differences
+    pairs = {r: y[[hms, r]].dropna() for r in rows if r != hms} if hms in rows else {}
     return Summary(list(x.index), metric, metrics, hms,
-                   {r: {m: mean_std(x[(r, m)], min_n) for m in metrics} for r in rows},
-                   [paired_difference(r, y[hms], y[r], min_n) for r in rows if r != hms] if hms in rows else [],
-                   list(dropped))
+                   {r: {m: mean_std(x[(r, m)].dropna(), min_n) for m in metrics} for r in rows},
+                   [paired_difference(r, d[hms], d[r], min_n) for r, d in pairs.items() if len(d)], list(dropped))
 
 
 def summarise(runs: Sequence[Run], headline: str, metric: str = METRIC) -> Summary:
-    """The :func:`summarise_table` of ``metric`` over the N runs (N = 1 too: no std), of the rows every run
-    has a number of; the others are dropped."""
+    """The :func:`summarise_table` of ``metric`` over the N runs (N = 1 too: no std); a row some runs lack
+    (a reference trained for some seeds only) is summarised over the runs that have it."""
     # run x row, the rows in order of first appearance; NaN where a run has no number
     x = pd.DataFrame([{row: float(v[metric]) for row, v in r.metrics.items() if isinstance(v, dict)
                        and is_number(v.get(metric))} for r in runs], index=[r.name for r in runs])
     if x.columns.empty:
         raise ReportError(f"no row with a '{metric}' in the runs {', '.join(r.name for r in runs)}")
-    complete = x.dropna(axis=1)
-    return summarise_table(pd.concat({metric: complete}, axis=1).swaplevel(axis=1), metric, headline,
-                           [r for r in x if r not in complete], min_n=1)
+    return summarise_table(pd.concat({metric: x}, axis=1).swaplevel(axis=1), metric, headline, min_n=1)
 
 
 @dataclass
@@ -399,8 +439,9 @@ def make_group(name: str, runs: Sequence[Run], metric: str = METRIC) -> Group:
     notes = []
     if headline not in s.rows:
         notes.append(f"the headline row {headline} is not in every run's eval.json: no differences")
-    if s.dropped_rows:
-        notes.append(f"rows not in every run, left out: {', '.join(s.dropped_rows)}")
+    partial = [row for row, stats in s.rows.items() if stats[metric].n < len(runs)]
+    if partial:
+        notes.append(f"rows not in every run, each over the runs that have it: {', '.join(partial)}")
     seeds = [r.seed for r in runs]
     if len(set(map(str, seeds))) < len(seeds):
         notes.append("some runs share a seed; each run counts once")
@@ -596,11 +637,17 @@ def markdown(report: Report) -> str:
         same = ("params as in `params.yaml`" if not changed and not missing
                 else "`params.yaml` with " + ", ".join(f"`{k}={format_value(v)}`" for k, v in changed.items())
                 + ("".join(f", no `{k}`" for k in missing)))
+        refs = [f"`{ref}`" for r in g.runs for ref in r.references]
         lines += [f"### {g.name}", "",
-                  f"{_seeds_text(g)}; runs " + ", ".join(f"`{r.source}`" for r in g.runs) + f". {same}.", ""]
+                  f"{_seeds_text(g)}; runs " + ", ".join(f"`{r.source}`" for r in g.runs)
+                  + (f", the `{REFERENCE_PREFIX}*` rows from {', '.join(refs)}" if refs else "") + f". {same}.", ""]
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
         diff = difference_table(g)
+        budgets = {row: b for r in g.runs for row, b in (r.budgets or {}).items()}
         lines += score_lines(g.summary) + ([""] + diff if diff else []) + [""]
+        if budgets:   # from the runs' table.csv and reference.json
+            lines += ["Training images of the weights each row runs (train + fine-tune):", "", "| row | images |",
+                      "|---|---|", *[f"| {row} | {b} |" for row, b in budgets.items()], ""]
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
@@ -628,14 +675,23 @@ def readme_table(report: Report, name: str | None = None) -> str:
              "with the runs it wins.", ""]
     if g.name == DEFAULT_GROUP and report.stale:
         lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
-    lines += [f"| row | {METRIC} (%) | Δ (pp) | wins |", "|---|---|---|---|"]
+    # The number of runs per row when a row has fewer (a reference trained for some seeds), and each row's
+    # training images when a run folder holds the evaluate stage's table.csv or a reference.
+    budgets = {row: b for r in g.runs for row, b in (r.budgets or {}).items()}
+    counts = {row: stats[g.summary.metric].n for row, stats in g.summary.rows.items()}
+    with_n = set(counts.values()) != {g.n}
+    head = ["row", f"{METRIC} (%)", *["N"] * with_n, "Δ (pp)", "wins",
+            *["training images (train + fine-tune)"] * bool(budgets)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     diffs = {d.row: d for d in g.summary.differences}
     for row, stats in g.summary.rows.items():
         if row in diffs:
             delta, wins = pct(diffs[row].stat, signed=True), f"{diffs[row].wins}/{diffs[row].stat.n}"
         else:
             delta, wins = ("headline", "") if row == g.headline else ("-", "")
-        lines.append(f"| {row} | {pct(stats[g.summary.metric])} | {delta} | {wins} |")
+        cells = [pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
+                 *[budgets.get(row, "-")] * bool(budgets)]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
