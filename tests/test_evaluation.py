@@ -262,6 +262,9 @@ def test_budgets_count_images_honestly():
     assert budget["hms_0.5-1.0-2.0"] == (300, 40) and budget["explicit_0.5-1.0-2.0"] == (300, 40)
     assert row_budget(rows["avg"], {**meta, "train_all": True})[1] == 40
     assert row_budget(rows["avg"], {**meta, "mode": "shared"})[0] == 100
+    # 0.25 has no expert of its own: it runs the 0.5 expert, which the chain already counts
+    chain = Row("hms", (0.25, 0.5, 1.0, 2.0))
+    assert row_budget(chain, {**meta, "scales": [0.5, 1.0, 2.0]})[0] == 300
     res = results({name: np.eye(7, dtype=np.int64) for name in rows}, build_grouping("category").class_names)
     table = table_rows(res, rows, meta, {"finetune_images": 40})
     assert [(r["train images"], r["finetune images"]) for r in table] == list(budget.values())

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hms_core.data.resize import resize, scaled_size
 from hms_core.evaluate.metrics import IGNORE, confusion_counts, scores
-from hms_core.models.hms import HMS, hierarchical_fusion
+from hms_core.models.hms import HMS, hierarchical_fusion, nearest_expert
 from hms_core.models.multiscale import ScaleOutput, multiscale_forward
 from hms_core.runtime.speed import Speed
 
@@ -349,11 +349,12 @@ def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str,
     return out
 
 
-def experts_used(row: Row, mode: str) -> int:
-    """How many separately trained experts a row's prediction runs through."""
+def experts_used(row: Row, mode: str, experts: Sequence[float] = ()) -> int:
+    """How many separately trained experts a row's prediction runs through: in experts mode a scale
+    without its own expert (0.25) runs its nearest one (:func:`nearest_expert`), which counts once."""
     if mode == "shared" or row.kind in ("single", "tta"):
         return 1
-    return len(row.scales)
+    return len({nearest_expert(experts, s) if experts else s for s in row.scales})
 
 
 def row_budget(row: Row, hms_meta: dict[str, Any], explicit_meta: dict[str, Any] | None = None
@@ -367,7 +368,7 @@ def row_budget(row: Row, hms_meta: dict[str, Any], explicit_meta: dict[str, Any]
     predates these counts.
     """
     per_expert = hms_meta.get("images")
-    train = None if per_expert is None else experts_used(row, hms_meta["mode"]) * per_expert
+    train = None if per_expert is None else experts_used(row, hms_meta["mode"], hms_meta.get("scales", ())) * per_expert
     if row.kind == "explicit":
         return train, int((explicit_meta or {}).get("finetune_images", 0))
     tuned = row.kind == "hms" or hms_meta.get("train_all", False)
