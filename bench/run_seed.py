@@ -10,8 +10,8 @@ every stage's wall time comes from its own "done in N s" line. Into ``docs/runs/
 ``eval.json``, ``params.yaml``, ``table.md``, ``table.csv`` (each row's training images),
 ``attention.json`` (when written), ``times.json`` (``{"stage": seconds}``) and ``repro.log``;
 ``--reference`` then trains each named torchvision model with ``bench/reference.py`` on the same
-prepared data into ``docs/runs/NAME-ref-MODEL/`` (``--reference-only``: only the stages up to
-``prepare`` run, for the reference of a seed whose pipeline run is already kept).
+prepared data into ``docs/runs/NAME-ref-MODEL/``, with its ``reference.log`` (``--reference-only``:
+only the stages up to ``prepare`` run, for the reference of a seed whose pipeline run is kept).
 ``python -m hms_core.tools.report`` reads those folders.
 """
 from __future__ import annotations
@@ -123,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             save_run(work, out, params, text, Path(args.dataset).resolve() if given else None, given)
         for model in args.reference:
             ref = ROOT / "docs" / "runs" / f"{args.name}-ref-{model.split('_')[0]}"
-            subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py"), "--params", "params.yaml",
-                            "--prepared", "data/prepared", "--model", model, "--out", str(ref)],
-                           cwd=work, env=env, check=True)
+            ref.mkdir(parents=True, exist_ok=True)
+            with open(ref / "reference.log", "w") as log:   # its progress and scores, beside its eval.json
+                subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py"), "--params", "params.yaml",
+                                "--prepared", "data/prepared", "--model", model, "--out", str(ref)],
+                               cwd=work, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
             (ref / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return 0
     finally:
