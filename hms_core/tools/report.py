@@ -12,10 +12,12 @@ Inputs:
   when present) with the repository's ``params.yaml``; ``dvc.lock`` is read to tell whether
   ``metrics/`` was written with other params (a note then says which);
 - every run folder ``docs/runs/<name>/`` that holds ``eval.json`` and ``params.yaml`` (the
-  run's whole params file), and optionally ``times.json`` (``{"stage": seconds}``).
+  run's whole params file), and optionally ``times.json`` (``{"stage": seconds}``) and the evaluate
+  stage's ``table.csv`` (each row's training images); a folder of ``bench/reference.py`` (with its
+  ``reference.json``) adds its rows, as ``ref_<model>*``, to the run with the same params and seed.
 
 Runs whose params are equal except ``seed`` form a group. For each group and each row of
-``eval.json`` (the rows every run of the group has; the names are read, not hard-coded):
+``eval.json`` (the names are read, not hard-coded; a row some runs lack, over the runs that have it):
 mIoU in % as mean ± sample standard deviation (ddof = 1) over the N runs, and the paired
 differences d_i = H_i - row_i of the headline HMS row H (``hms_`` + the last chain of
 ``evaluate.hms_scales``) minus every other row, run by run, as mean ± sample std in
@@ -405,6 +407,12 @@ class Group:
         return self.summary.hms
 
     @property
+    def budgets(self) -> dict[str, str]:
+        """Row -> training images of its weights, "train + fine-tune", from the runs' ``table.csv`` and
+        references (empty when no run has them)."""
+        return {row: b for r in self.runs for row, b in (r.budgets or {}).items()}
+
+    @property
     def table(self) -> pd.DataFrame:
         """The rows' statistics as a frame: index row; columns n, mean, std, values."""
         return pd.DataFrame([m[self.summary.metric] for m in self.summary.rows.values()],
@@ -643,11 +651,10 @@ def markdown(report: Report) -> str:
                   + (f", the `{REFERENCE_PREFIX}*` rows from {', '.join(refs)}" if refs else "") + f". {same}.", ""]
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
         diff = difference_table(g)
-        budgets = {row: b for r in g.runs for row, b in (r.budgets or {}).items()}
         lines += score_lines(g.summary) + ([""] + diff if diff else []) + [""]
-        if budgets:   # from the runs' table.csv and reference.json
+        if g.budgets:
             lines += ["Training images of the weights each row runs (train + fine-tune):", "", "| row | images |",
-                      "|---|---|", *[f"| {row} | {b} |" for row, b in budgets.items()], ""]
+                      "|---|---|", *[f"| {row} | {b} |" for row, b in g.budgets.items()], ""]
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
@@ -677,7 +684,7 @@ def readme_table(report: Report, name: str | None = None) -> str:
         lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
     # The number of runs per row when a row has fewer (a reference trained for some seeds), and each row's
     # training images when a run folder holds the evaluate stage's table.csv or a reference.
-    budgets = {row: b for r in g.runs for row, b in (r.budgets or {}).items()}
+    budgets = g.budgets
     counts = {row: stats[g.summary.metric].n for row, stats in g.summary.rows.items()}
     with_n = set(counts.values()) != {g.n}
     head = ["row", f"{METRIC} (%)", *["N"] * with_n, "Δ (pp)", "wins",
