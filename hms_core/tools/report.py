@@ -170,15 +170,20 @@ def find_runs(root: Path, runs_dir: str = RUNS_DIR) -> list[Run]:
     found = [(d, read_run(d, d.name, root)) for d in sorted(base.iterdir())
              if d.is_dir() and (d / EVAL_FILE).is_file() and (d / PARAMS_FILE).is_file()]
     runs = [r for d, r in found if not (d / REFERENCE_FILE).is_file()]
+    # (params, seed) -> the run's place, the first run of that key; each key computed once
+    place: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(runs):
+        place.setdefault((params_key(r.params), str(r.seed)), i)
     for ref in (reference_rows(d, r) for d, r in found if (d / REFERENCE_FILE).is_file()):
         key = (params_key(ref.params), str(ref.seed))
-        match = [i for i, r in enumerate(runs) if (params_key(r.params), str(r.seed)) == key]
-        if not match:
+        if key not in place:   # no run of its own seed: its rows stand alone, joined by later references
+            place[key] = len(runs)
             runs.append(ref)
             continue
-        r = runs[match[0]]
-        runs[match[0]] = Run(r.name, r.source, r.params, {**r.metrics, **ref.metrics}, r.costs, r.times,
-                             {**(r.budgets or {}), **(ref.budgets or {})}, r.references + ref.references)
+        i = place[key]
+        r = runs[i]
+        runs[i] = Run(r.name, r.source, r.params, {**r.metrics, **ref.metrics}, r.costs, r.times,
+                      {**(r.budgets or {}), **(ref.budgets or {})}, r.references + ref.references)
     return runs
 
 
