@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.reference:
             ref = ROOT / "docs" / "runs" / f"{args.name}-ref-{model.split('_')[0]}"
             ref.mkdir(parents=True, exist_ok=True)
+            # The worktree's own reference.py, so that it runs the same library as the pipeline above.
             with open(ref / "reference.log", "w") as log:   # its progress and scores, beside its eval.json
-                subprocess.run([sys.executable, str(ROOT / "bench" / "reference.py"), "--params", "params.yaml",
+                subprocess.run([sys.executable, str(work / "bench" / "reference.py"), "--params", "params.yaml",
                                 "--prepared", "data/prepared", "--model", model, "--out", str(ref)],
                                cwd=work, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
             (ref / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
