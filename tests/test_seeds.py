@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from hms_core.tools import seeds
-from hms_core.tools.seeds import SeedsError, mean_std, paired_difference, summarise
+from hms_core.tools.report import mean_std, paired_difference
+from hms_core.tools.seeds import SeedsError, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,10 +108,8 @@ def test_rows_are_read_not_hard_coded():
 
 def test_errors():
     runs = three_seeds()
-    with pytest.raises(SeedsError, match="only one seed"):
+    with pytest.raises(SeedsError, match="at least 2 seeds, got 1"):
         summarise({0: runs[0]})
-    with pytest.raises(SeedsError, match="no runs"):
-        summarise({})
     with pytest.raises(SeedsError, match="--hms nope"):
         summarise(runs, hms="nope")
     with pytest.raises(SeedsError, match="no metric 'foo'"):
@@ -168,20 +167,23 @@ def fake_exp_show() -> list[dict]:
 
 def test_parse_exp_show():
     found = seeds.parse_exp_show(fake_exp_show())
-    assert found.workspace_params == {"lr": 0.1, "model.w": 8}
-    assert found.workspace is not None and found.workspace.seed == 7
-    assert [r.name for r in found.runs] == ["e0", "e1", "e2", "other-lr", "other-lr2", "e0-old"]
-    assert found.skipped == ["queued: queued", "failed: failed", "text-seed: seed 'abc' is not an integer"]
+    ws = found.iloc[0]
+    assert ws["name"] == "workspace" and ws["params"] == {"lr": 0.1, "model.w": 8} and ws["seed"] == 7
+    runs, skipped = found[found["why"] == ""], found[found["why"] != ""]
+    assert runs["name"].tolist() == ["workspace", "e0", "e1", "e2", "other-lr", "other-lr2", "e0-old"]
+    assert (skipped["name"] + ": " + skipped["why"]).tolist() == [
+        "queued: queued", "failed: failed", "text-seed: seed 'abc' is not an integer"]
 
 
 def test_groups():
     found = seeds.parse_exp_show(fake_exp_show())
-    [group] = seeds.group_runs(found)
-    assert {s: r.name for s, r in group.runs.items()} == {0: "e0", 1: "e1", 2: "e2"}   # the newest seed-0 run
-    assert group.duplicates == ["e0-old (seed 0, replaced by e0)"]
+    [(title, params, runs, replaced)] = seeds.group_runs(found)
+    assert title == "params as in the workspace's params.yaml" and params == {"lr": 0.1, "model.w": 8}
+    assert runs["name"].to_dict() == {0: "e0", 1: "e1", 2: "e2"}   # the newest seed-0 run
+    assert replaced == ["e0-old (seed 0, replaced by e0)"]
     groups = seeds.group_runs(found, all_groups=True, include_workspace=True)
-    assert [sorted(g.runs) for g in groups] == [[0, 1, 2, 7], [0, 1]]
-    assert groups[1].title(found.workspace_params) == "params.yaml with lr=0.2"
+    assert [g[2].index.tolist() for g in groups] == [[0, 1, 2, 7], [0, 1]]
+    assert groups[1][0] == "params.yaml with lr=0.2"
 
 
 def test_report_and_cli_errors(monkeypatch, capsys, tmp_path):
