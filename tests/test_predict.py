@@ -10,8 +10,10 @@ from PIL import Image
 
 from hms_core.data.dataset import load_sample
 from hms_core.data.labelmap import class_colors, class_label_ids
+from hms_core.data.resize import resize
 from hms_core.io import save_checkpoint
 from hms_core.models.hms import HMS
+from hms_core.models.multiscale import multiscale_forward
 from hms_core.tools.predict import (
     check_scales,
     find_images,
@@ -62,10 +64,26 @@ def test_predict_image_is_hms_inference_with_its_attention(tmp_path, tiny_meta, 
     assert torch.allclose(logits, expected, atol=1e-6)
     # Every scale but the highest enters the fusion through its attention.
     assert sorted(attention) == [0.5, 1.0]
-    for a in attention.values():
-        assert a.shape == (2, 1, 40, 56) and 0 <= a.min() and a.max() <= 1
+    assert all(a.shape == (2, 1, 40, 56) for a in attention.values())
     single, single_att = predict_image(model, image[0], SCALES)
     assert torch.allclose(single, logits[0], atol=1e-5) and single_att[0.5].shape == (1, 40, 56)
+
+
+@pytest.mark.parametrize("bias, expected", [(30.0, 1.0), (-30.0, 0.0)])
+def test_predicted_attention_is_the_one_the_fusion_used(tmp_path, tiny_meta, bias, expected):
+    """Scale 0.5's head driven to a = 1 (or 0): its map reads 1 (0) everywhere, and the fused logits are
+    scale 0.5's alone (the chain over 1.0 and 2.0 alone): pred' = up(a p_0.5) + (1 - up(a)) pred."""
+    model = load_model(_model(tmp_path, tiny_meta), torch.device("cpu"))
+    model.attention[model.attention_key(0.5)].net[-1].bias.data.fill_(bias)
+    image = torch.randn(1, 3, 40, 56)
+    logits, attention = predict_image(model, image, SCALES)
+    assert torch.allclose(attention[0.5], torch.full_like(attention[0.5], expected), atol=1e-6)
+    with torch.no_grad():
+        outputs = multiscale_forward(model, image, SCALES)
+    p_05, size_1 = outputs[0.5].logits, tuple(outputs[1.0].logits.shape[-2:])
+    alone = resize(resize(p_05, size_1), (40, 56)) if expected else predict_image(model, image, [1.0, 2.0])[0]
+    assert torch.allclose(logits, alone, atol=1e-4)
+    assert not torch.allclose(attention[1.0], attention[0.5], atol=1e-3)   # each scale's own head
 
 
 def test_scales_are_checked(tmp_path, tiny_meta):
