@@ -108,8 +108,10 @@ def test_rows_are_read_not_hard_coded():
 
 def test_errors():
     runs = three_seeds()
-    with pytest.raises(SeedsError, match="at least 2 seeds, got 1"):
+    with pytest.raises(SeedsError, match="only one seed"):
         summarise({0: runs[0]})
+    with pytest.raises(SeedsError, match="no runs"):
+        summarise({})
     with pytest.raises(SeedsError, match="--hms nope"):
         summarise(runs, hms="nope")
     with pytest.raises(SeedsError, match="no metric 'foo'"):

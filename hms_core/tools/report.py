@@ -657,9 +657,10 @@ def markdown(report: Report) -> str:
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
         diff = difference_table(g)
         lines += score_lines(g.summary) + ([""] + diff if diff else []) + [""]
-        if g.budgets:
+        budgets = g.budgets
+        if budgets:
             lines += ["Training images of the weights each row runs (train + fine-tune):", "", "| row | images |",
-                      "|---|---|", *[f"| {row} | {b} |" for row, b in g.budgets.items()], ""]
+                      "|---|---|", *[f"| {row} | {b} |" for row, b in budgets.items()], ""]
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "

@@ -25,8 +25,11 @@ SeedsError = ReportError   # the statistics raise it too: one error line, exit 1
 
 def read_exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dict[str, Any]]:
     """``dvc exp show --json`` (``-A``: the experiments of every commit, not only HEAD's), parsed."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"] + ["-A"] * all_commits,
-                          cwd=repo, capture_output=True, text=True)
+    try:   # a --repo that is no folder, say
+        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"] + ["-A"] * all_commits,
+                              cwd=repo, capture_output=True, text=True)
+    except OSError as exc:
+        raise SeedsError(f"cannot run dvc: {exc}") from None
     if proc.returncode != 0:
         last = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:]
         raise SeedsError(f"'dvc exp show --json' failed in {Path(repo).resolve()}: "
@@ -45,13 +48,22 @@ def _revision(name: str, rev: dict[str, Any], state: str | None) -> dict[str, An
               for key, value in flatten((file or {}).get("data") or {}).items()}
     seed = params.pop(SEED, None)   # only params.yaml's seed has no "file:" prefix
     metrics = ((data.get("metrics") or {}).get(EVAL_FILE) or {}).get("data")
-    why = next((reason for failed, reason in [
-        (state not in (None, "success"), state), (rev.get("error"), (rev.get("error") or {}).get("msg") or "error"),
-        (seed is None, f"no '{SEED}' in {PARAMS_FILE}"),
-        (isinstance(seed, bool) or not isinstance(seed, int), f"{SEED} {seed!r} is not an integer"),
-        (not (isinstance(metrics, dict) and metrics), f"no {EVAL_FILE}")] if failed), "")   # the first that fails
     return {"name": name, "seed": seed, "params": params, "key": params_key(params), "metrics": metrics,
-            "time": data.get("timestamp") or "", "why": why}
+            "time": data.get("timestamp") or "", "why": _why_no_run(state, rev.get("error"), seed, metrics)}
+
+
+def _why_no_run(state: str | None, error: Any, seed: Any, metrics: Any) -> str:
+    """Why a revision is no run ("" when it is one): the first of its queue state, its error, its seed,
+    its eval.json that fails."""
+    if state not in (None, "success"):
+        return state
+    if error:
+        return error.get("msg") or "error"
+    if seed is None:
+        return f"no '{SEED}' in {PARAMS_FILE}"
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"{SEED} {seed!r} is not an integer"
+    return "" if isinstance(metrics, dict) and metrics else f"no {EVAL_FILE}"
 
 
 def parse_exp_show(data: list[dict[str, Any]]) -> pd.DataFrame:
@@ -119,6 +131,9 @@ def summarise(runs: dict[int, dict[str, Any]], metric: str = "mIoU", hms: str | 
     """``{seed: eval.json}`` -> mean and sample std over the seeds of ``metric`` and ``pixel_acc`` of each row
     (a key of eval.json whose value is a dict, in the first seed's order; with ``common_rows``, the rows
     every seed has), and the paired differences of ``metric``: the main HMS row minus each other row."""
+    if len(runs) < 2:
+        raise SeedsError(f"only one seed ({next(iter(runs))}); results over seeds need at least 2" if runs
+                         else "no runs to summarise")
     seeds = sorted(runs)
     has = pd.DataFrame([{k: 1 for k, v in runs[s].items() if isinstance(v, dict)} for s in seeds],
                        index=seeds).notna()   # seed x row, the rows in order of first appearance
@@ -128,6 +143,8 @@ def summarise(runs: dict[int, dict[str, Any]], metric: str = "mIoU", hms: str | 
                             for s in seeds if not has.loc[s].all())
         raise SeedsError(f"the rows of {EVAL_FILE} differ between seeds ({lacking}); "
                          "--common-rows keeps the rows every seed has")
+    if not rows:
+        raise SeedsError(f"no row common to every seed's {EVAL_FILE}")
     if hms is not None and hms not in rows:
         raise SeedsError(f"--hms {hms}: not a row of every seed's {EVAL_FILE} (rows: {', '.join(rows)})")
     hms, metrics = main_hms_row(rows) if hms is None else hms, list(dict.fromkeys([metric, SECONDARY_METRIC]))
@@ -154,9 +171,10 @@ def report(exps: pd.DataFrame, metric: str = "mIoU", hms: str | None = None, all
            notes: list[str] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """Markdown and ``--json``'s numbers of every group to print; ``notes`` collects lines for stderr."""
     notes = notes if notes is not None else []
-    done, skipped = exps["why"] == "", exps[(exps["why"] != "") & (exps["name"] != WORKSPACE)]
+    done, is_exp = exps["why"] == "", exps["name"] != WORKSPACE
+    skipped = exps[~done & is_exp]
     notes += ["skipped experiments: " + "; ".join(skipped["name"] + ": " + skipped["why"])] if len(skipped) else []
-    if not (done & ((exps["name"] != WORKSPACE) | include_workspace)).any():
+    if not (done & (is_exp | include_workspace)).any():
         raise SeedsError("no finished experiments (run e.g. `dvc exp run --queue -S seed=0` ... and "
                          "`dvc queue start`)")
     parts, numbers = [], []
@@ -164,7 +182,7 @@ def report(exps: pd.DataFrame, metric: str = "mIoU", hms: str | None = None, all
         notes += [f"{title}: older runs of the same seed not used: {'; '.join(replaced)}"] if replaced else []
         seeds, names = ", ".join(map(str, runs.index)) or "none", runs["name"].to_dict()
         if len(runs) < 2 and not all_groups:
-            others = exps.loc[done & (exps["name"] != WORKSPACE) & (exps["key"] != params_key(params)), "key"].nunique()
+            others = exps.loc[done & is_exp & (exps["key"] != params_key(params)), "key"].nunique()
             raise SeedsError(f"fewer than 2 seeds with the workspace's params (seeds: {seeds})"
                              + (f"; {others} other param set(s): --all" if others else ""))
         if len(runs) < 2:
