@@ -100,6 +100,25 @@ def test_reference_rows_join_the_run_of_their_seed(repo):
     assert "the `ref_*` rows from `docs/runs/emb-s1-ref-deeplabv3`" in report.markdown(rep)
 
 
+def test_runs_that_count_training_images_differently_are_named(repo):
+    """Two runs' table.csv files that give a row different training images: both values, and a note
+    that names the runs, never one of them silently."""
+    head = "method,row,train images,finetune images\n"
+    (repo / "docs/runs/emb-s0/table.csv").write_text(head + "HMS,hms_0.5-1.0-2.0,9600,2400\nscale 1.0,scale_1.0,3200,0\n")
+    (repo / "docs/runs/emb-s1/table.csv").write_text(head + "HMS,hms_0.5-1.0-2.0,12800,2400\nscale 1.0,scale_1.0,3200,0\n")
+    rep = report.collect(repo)
+    emb = rep.group("emb")
+    assert emb.budgets == {"hms_0.5-1.0-2.0": "9600 + 2400 / 12800 + 2400", "scale_1.0": "3200 + 0"}
+    assert ("- the runs' table.csv files give different training images: hms_0.5-1.0-2.0 9600 + 2400 (emb-s0), "
+            "12800 + 2400 (emb-s1)") in report.markdown(rep).splitlines()
+    table = report.readme_table(rep, "emb")
+    assert "| hms_0.5-1.0-2.0 | 77.50 ± 3.54 | headline |  | 9600 + 2400 / 12800 + 2400 |" in table.splitlines()
+    assert "the runs' `table.csv` files disagree" in table
+    (repo / "docs/runs/emb-s1/table.csv").write_text(head + "HMS,hms_0.5-1.0-2.0,9600,2400\nscale 1.0,scale_1.0,3200,0\n")
+    agreed = report.collect(repo).group("emb")
+    assert agreed.budgets["hms_0.5-1.0-2.0"] == "9600 + 2400" and not agreed.notes
+
+
 def test_report_has_the_statistics_of_hms_seeds(repo):
     """The same eval.json files give hms seeds' numbers and difference table."""
     from hms_core.tools import seeds

@@ -414,8 +414,9 @@ class Group:
     @property
     def budgets(self) -> dict[str, str]:
         """Row -> training images of its weights, "train + fine-tune", from the runs' ``table.csv`` and
-        references (empty when no run has them)."""
-        return {row: b for r in self.runs for row, b in (r.budgets or {}).items()}
+        references (empty when no run has them); where runs disagree, their values joined by " / " in
+        the order of the runs (a note of the group names the runs)."""
+        return {row: " / ".join(values) for row, values in budget_values(self.runs).items()}
 
     @property
     def table(self) -> pd.DataFrame:
@@ -429,6 +430,15 @@ class Group:
         ds = self.summary.differences
         return pd.DataFrame([{**d.stat._asdict(), "wins": d.wins, "ties": d.ties} for d in ds],
                             index=pd.Index([d.row for d in ds], name="row"), columns=[*Stat._fields, "wins", "ties"])
+
+
+def budget_values(runs: Sequence[Run]) -> dict[str, dict[str, list[str]]]:
+    """Row -> each training-images value the runs give it -> the runs that give it, in the runs' order."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for r in runs:
+        for row, b in (r.budgets or {}).items():
+            found.setdefault(row, {}).setdefault(b, []).append(r.name)
+    return found
 
 
 def _base_name(name: str) -> str:
@@ -455,6 +465,11 @@ def make_group(name: str, runs: Sequence[Run], metric: str = METRIC) -> Group:
     partial = [row for row, stats in s.rows.items() if stats[metric].n < len(runs)]
     if partial:
         notes.append(f"rows not in every run, each over the runs that have it: {', '.join(partial)}")
+    # A run folder keeps the table.csv of the code it ran with: say so when two runs count a row differently.
+    disagree = {row: v for row, v in budget_values(runs).items() if len(v) > 1}
+    if disagree:
+        notes.append("the runs' table.csv files give different training images: " + "; ".join(
+            f"{row} " + ", ".join(f"{b} ({', '.join(names)})" for b, names in v.items()) for row, v in disagree.items()))
     seeds = [r.seed for r in runs]
     if len(set(map(str, seeds))) < len(seeds):
         notes.append("some runs share a seed; each run counts once")
@@ -705,6 +720,8 @@ def readme_table(report: Report, name: str | None = None) -> str:
         cells = [pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
                  *[budgets.get(row, "-")] * bool(budgets)]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if any(" / " in b for b in budgets.values()):
+        lines += ["", "Training images a / b: the runs' `table.csv` files disagree (`docs/results.md` names the runs)."]
     return "\n".join(lines) + "\n"
 
 
