@@ -12,6 +12,10 @@ every stage's wall time comes from its own "done in N s" line. Into ``docs/runs/
 ``--reference`` then trains each named torchvision model with ``bench/reference.py`` on the same
 prepared data into ``docs/runs/NAME-ref-MODEL/``, with its ``reference.log`` (``--reference-only``:
 only the stages up to ``prepare`` run, for the reference of a seed whose pipeline run is kept).
+``--without-baselines`` (for ablations of the recipe): the stages up to ``finetune``, then the evaluate
+stage's script without the explicit-attention baseline and the equal-budget control, which are most of
+the time of a run and do not depend on how HMS is trained beyond the train recipe; every other row is
+the pipeline's own.
 ``python -m hms_core.tools.report`` reads those folders.
 """
 from __future__ import annotations
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", help="data.convert.root (made absolute)")
     p.add_argument("--reference", action="append", default=[], help="a bench/reference.py --model to train too")
     p.add_argument("--reference-only", action="store_true", help="run only up to 'prepare', then the references")
+    p.add_argument("--without-baselines", action="store_true",
+                   help="up to 'finetune', then evaluate without the explicit baseline and the control")
     p.add_argument("--keep", action="store_true", help="keep the worktree")
     args = p.parse_args(argv)
 
@@ -106,9 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(work), "HEAD"], cwd=ROOT, check=True)
     try:
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        target = ["prepare"] if args.reference_only else ["finetune"] if args.without_baselines else []
         with open(work / "repro.log", "w") as log:
-            status = subprocess.call([sys.executable, "-m", "dvc", "repro", *["prepare"] * args.reference_only],
+            status = subprocess.call([sys.executable, "-m", "dvc", "repro", *target],
                                      cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if status == 0 and args.without_baselines:
+                # Announced as dvc announces a stage, so that stage_times() gives it its own time.
+                log.write("Running stage 'evaluate':\n")
+                log.flush()
+                status = subprocess.call([sys.executable, "stages/evaluate.py", "--model", "models/hms/model.pt",
+                                          "--out", "metrics", "--predictions", "data/predictions"],
+                                         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         text = (work / "repro.log").read_text()
         if status != 0:
             print(text[-3000:], file=sys.stderr)
