@@ -43,6 +43,17 @@ def test_default_params_are_three_experts_and_the_shared_preset_gives_the_one_ne
     assert (shared["hms"]["mode"], shared["scales"], shared["hms"]["shared_pairs"]) == ("shared", [1.0], [[0.5, 1.0]])
 
 
+def test_camvid_preset_is_the_one_network_model_and_experts_yaml_gives_back_the_default_pipeline():
+    """presets/camvid.yaml picks the one-network model (what presets/shared.yaml gives); adding
+    presets/experts.yaml after it runs the default three-expert pipeline on the same frames."""
+    default = validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    read = lambda name: yaml.safe_load((ROOT / "presets" / name).read_text())  # noqa: E731
+    camvid = validate(merged(default, read("camvid.yaml")))
+    assert camvid == validate(merged(merged(default, read("shared.yaml")), read("camvid.yaml")))
+    experts = validate(merged(camvid, read("experts.yaml")))
+    assert (experts["scales"], experts["hms"], experts["train"]["crop"]) == (default["scales"], default["hms"], 256)
+
+
 def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     gpu, synthetic = "presets/cityscapes_gpu.yaml", "presets/synthetic_1024x2048.yaml"
