@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="key.path=value (JSON for numbers and lists)")
     p.add_argument("--dataset", help="data.convert.root (made absolute)")
     p.add_argument("--reference", action="append", default=[], help="a bench/reference.py --model to train too")
-    p.add_argument("--reference-only", action="store_true", help="run only up to 'prepare', then the references")
-    p.add_argument("--without-baselines", action="store_true",
-                   help="up to 'finetune', then evaluate without the explicit baseline and the control")
+    # Each stops dvc repro at its own stage: never both.
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--reference-only", action="store_true", help="run only up to 'prepare', then the references")
+    until.add_argument("--without-baselines", action="store_true",
+                       help="up to 'finetune', then evaluate without the explicit baseline and the control")
     p.add_argument("--keep", action="store_true", help="keep the worktree")
     args = p.parse_args(argv)
 

@@ -720,7 +720,7 @@ def readme_table(report: Report, name: str | None = None) -> str:
         cells = [pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
                  *[budgets.get(row, "-")] * bool(budgets)]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    if any(" / " in b for b in budgets.values()):
+    if any(len(values) > 1 for values in budget_values(g.runs).values()):
         lines += ["", "Training images a / b: the runs' `table.csv` files disagree (`docs/results.md` names the runs)."]
     return "\n".join(lines) + "\n"
 
