@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from hms_core.config import load_params, validate  # noqa: E402
 from hms_core.tools.preset import merged, read_preset  # noqa: E402
 
+BASELINES = ("--explicit", "--control")   # evaluate's options that add the baselines' rows
 KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/table.csv", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
@@ -54,6 +56,14 @@ def stage_times(log: str) -> dict[str, float]:
         elif (m := DONE.match(line)) and stage is not None:
             times[stage] = float(m.group(1))
     return times
+
+
+def evaluate_without_baselines(dvc_yaml: Path) -> list[str]:
+    """The ``evaluate`` stage's command in ``dvc_yaml`` without its ``--explicit`` and ``--control`` models,
+    run by this interpreter."""
+    words = shlex.split(yaml.safe_load(dvc_yaml.read_text())["stages"]["evaluate"]["cmd"])
+    dropped = {i + k for i, w in enumerate(words) if w in BASELINES for k in (0, 1)}
+    return [sys.executable] + [w for i, w in enumerate(words) if i not in dropped][1:]   # words[0]: "python"
 
 
 def run_params(seed: int, presets: list[str], sets: list[str], dataset: str | None) -> dict:
@@ -121,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Announced as dvc announces a stage, so that stage_times() gives it its own time.
                 log.write("Running stage 'evaluate':\n")
                 log.flush()
-                status = subprocess.call([sys.executable, "stages/evaluate.py", "--model", "models/hms/model.pt",
-                                          "--out", "metrics", "--predictions", "data/predictions"],
+                status = subprocess.call(evaluate_without_baselines(work / "dvc.yaml"),
                                          cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         text = (work / "repro.log").read_text()
         if status != 0:
