@@ -15,7 +15,7 @@ import yaml
 
 from hms_core.data.labels import GROUPINGS
 from hms_core.io import read_yaml
-from hms_core.models.heads import HEADS
+from hms_core.models.heads import ATTENTION_FEATURES, HEADS
 from hms_core.models.hms import MODES, nearest_expert
 from hms_core.models.mit import MIT_TRUNKS
 from hms_core.models.segmodel import architecture_error
@@ -160,7 +160,8 @@ SCHEMA: dict[str, Any] = {
     "output_stride": choice(8, 16, 32),
     "pretrained": string,
     "scales": expert_scales,
-    "model": {"head_channels": integer(1), "attention_channels": integer(1), "atrous_rates": int_list},
+    "model": {"head_channels": integer(1), "attention_channels": integer(1),
+              "attention_features": choice(*ATTENTION_FEATURES), "atrous_rates": int_list},
     "data": {
         "root": string,
         "grouping": choice(*GROUPINGS),
@@ -197,8 +198,10 @@ def _validate(schema: dict[str, Any], values: Any, prefix: str) -> None:
 
 
 def _check_architecture(params: dict[str, Any]) -> None:
-    """``head``, ``output_stride`` and ``pretrained`` must fit ``trunk`` (:func:`hms_core.models.segmodel.architecture_error`)."""
-    error = architecture_error(params["trunk"], params["head"], params["output_stride"])
+    """``head``, ``output_stride``, ``model.attention_features`` and ``pretrained`` must fit ``trunk``
+    (:func:`hms_core.models.segmodel.architecture_error`)."""
+    error = architecture_error(params["trunk"], params["head"], params["output_stride"],
+                               params["model"]["attention_features"])
     if error:
         _fail(*error)
     pretrained = params["pretrained"]

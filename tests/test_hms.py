@@ -75,6 +75,27 @@ def test_hms_at_single_scale_reproduces_expert_logits(tmp_path, tiny_meta, mode)
         assert torch.equal(got, expected)
 
 
+def test_attention_on_the_decoder_concatenation_keeps_the_experts_logits(tmp_path, tiny_meta):
+    """``concat``: the attention head reads [up(ASPP), proj48(low)] (16 + 48 channels here) instead of the
+    decoder's output; the experts' weights and logits are the same, only the attention head is wider."""
+    paths = _experts(tmp_path, tiny_meta, [0.5, 1.0])
+    plain, _ = transplant({**tiny_meta, "mode": "experts", "scales": [0.5, 1.0]}, paths)
+    concat, _ = transplant({**tiny_meta, "mode": "experts", "scales": [0.5, 1.0], "attention_features": "concat"},
+                           paths)
+    head = concat.attention["s0_5"].net[0][0]
+    assert head.in_channels == 16 + 48 and plain.attention["s0_5"].net[0][0].in_channels == 16
+    image = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        p_plain, a_plain = plain.eval().scale_forward(image, 0.5)
+        p_concat, a_concat = concat.eval().scale_forward(image, 0.5)
+    assert torch.equal(p_plain, p_concat) and a_concat.shape == a_plain.shape == (1, 1, 20, 28)
+    assert 0 < a_concat.min() and a_concat.max() < 1
+    concat.train()
+    joint, *_ = concat.pair_forward(torch.randn(2, 3, 32, 32), 0.5, 1.0)
+    joint.sum().backward()   # the gradient reaches the head through the concatenation it reads
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
 def test_transplant_names_mismatching_checkpoint(tmp_path, tiny_meta):
     paths = _experts(tmp_path, tiny_meta, [0.5, 1.0])
     other = {**tiny_meta, "num_classes": 7}

@@ -17,6 +17,10 @@ DEEPLAB_HEADS = ("deeplabv3plus", "deeplabv3")
 SEGFORMER = "segformer"  # hms_core.models.mit.SegformerHead, on the four stages of a MiT trunk
 HEADS = (*DEEPLAB_HEADS, SEGFORMER)
 LOW_LEVEL_CHANNELS = 48  # DeepLabV3+ projects the stride-4 feature to 48 channels (Chen et al. 2018).
+# What the HMS attention head reads: the decoder's output (the classifier's input), or the decoder's
+# stride-4 input [up(ASPP), proj48(low)] as in the paper's DeepLabV3+ model (DeepLabV3+ only).
+DECODER, CONCAT = "decoder", "concat"
+ATTENTION_FEATURES = (DECODER, CONCAT)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -44,11 +48,15 @@ class DeepLabV3PlusHead(nn.Module):
         )
         self.channels = channels
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def concat(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The decoder's input ``[up(ASPP(out)), proj48(low)]`` at stride 4 (``channels + 48`` wide)."""
         low = self.low_proj(features["low"])
         high = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear",
                              align_corners=False)
-        return self.decoder(torch.cat([high, low], dim=1))
+        return torch.cat([high, low], dim=1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.decoder(self.concat(features))
 
 
 class DeepLabV3Head(nn.Module):
