@@ -119,6 +119,25 @@ def test_runs_that_count_training_images_differently_are_named(repo):
     assert agreed.budgets["hms_0.5-1.0-2.0"] == "9600 + 2400" and not agreed.notes
 
 
+def test_groups_listed_in_pairs_yaml_are_compared_seed_by_seed(repo):
+    """An ablation minus the default recipe, seed by seed, over the rows and seeds both groups have."""
+    abl = {**BASE, "train": {**BASE["train"], "lr": 0.01}}
+    write_run(repo, "abl-s0", abl, {"scale_1.0": 0.73, "avg": 0.76, "hms_0.5-1.0-2.0": 0.78, "new_row": 0.5})
+    write_run(repo, "abl-s1", {**abl, "seed": 1}, {"scale_1.0": 0.72, "avg": 0.79, "hms_0.5-1.0-2.0": 0.79})
+    write_run(repo, "abl-s5", {**abl, "seed": 5}, {"scale_1.0": 0.10, "avg": 0.10, "hms_0.5-1.0-2.0": 0.10})
+    (repo / "docs/runs/pairs.yaml").write_text("- {group: abl, baseline: emb}\n")
+    d = report.paired_groups(report.collect(repo).group("abl"), report.collect(repo).group("emb"))
+    # seeds 0 and 1 only (emb has no seed 5); HMS 78 - 75 = +3, 79 - 80 = -1: mean +1, std 2.83, 1 win
+    assert list(d.index) == ["scale_1.0", "avg", "hms_0.5-1.0-2.0"] and [c for c in d.columns][:2] == [0, 1]
+    assert d.loc["hms_0.5-1.0-2.0", [0, 1]].tolist() == pytest.approx([3.0, -1.0])
+    assert (d.loc["hms_0.5-1.0-2.0", "mean"], d.loc["hms_0.5-1.0-2.0", "wins"]) == (pytest.approx(1.0), 1)
+    lines = report.markdown(report.collect(repo)).splitlines()
+    assert "### abl minus emb" in lines and "| hms_0.5-1.0-2.0 | +3.00 | -1.00 | +1.00 ± 2.83 | 1/2 |" in lines
+    (repo / "docs/runs/pairs.yaml").write_text("- {group: abl, baseline: nope}\n")
+    with pytest.raises(ReportError, match=r"pairs.yaml: no group named 'nope'.*expected a list of \{group"):
+        report.collect(repo)
+
+
 def test_report_has_the_statistics_of_hms_seeds(repo):
     """The same eval.json files give hms seeds' numbers and difference table."""
     from hms_core.tools import seeds

@@ -22,7 +22,9 @@ mIoU in % as mean ± sample standard deviation (ddof = 1) over the N runs, and t
 differences d_i = H_i - row_i of the headline HMS row H (``hms_`` + the last chain of
 ``evaluate.hms_scales``) minus every other row, run by run, as mean ± sample std in
 percentage points with the wins #{d_i > 0} / N (and the ties d_i = 0). A group of one run shows
-its single values. A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
+its single values. ``docs/runs/pairs.yaml`` (a list of ``{group: A, baseline: B}``, optional) asks for
+groups compared seed by seed: for each row both have, d_s = A_s - B_s over the seeds both have (an
+ablation minus the default recipe). A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
 differ from the repository's ``params.yaml`` and its stage times when ``times.json`` exists.
 
 :func:`readme_table` returns the README's one results table for a group name (``default``:
@@ -62,6 +64,7 @@ TIMES_FILE = "times.json"
 TABLE_FILE = "table.csv"
 REFERENCE_FILE = "reference.json"
 REFERENCE_PREFIX = "ref_"
+PAIRS_FILE = "pairs.yaml"   # in the runs folder: which groups to compare seed by seed
 RUNS_DIR = "docs/runs"
 OUT_FILE = "docs/results.md"
 README_FILE = "README.md"
@@ -592,6 +595,7 @@ class Report:
     groups: list[Group]
     runs_dir: str = RUNS_DIR
     stale: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)   # (group, baseline), pairs.yaml's order
 
     def all_groups(self) -> list[Group]:
         return ([self.default] if self.default else []) + self.groups
@@ -627,7 +631,32 @@ def collect(root: str | Path = ".", runs_dir: str = RUNS_DIR, metric: str = METR
     run = default_run(root, merged(params, locked))
     default = make_group(DEFAULT_GROUP, [run], metric) if run else None
     stale = lock_differences(params, locked) if run else []
-    return Report(params, default, group_runs(find_runs(root, runs_dir), metric), runs_dir, stale)
+    report = Report(params, default, group_runs(find_runs(root, runs_dir), metric), runs_dir, stale)
+    path = root / runs_dir / PAIRS_FILE
+    listed = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    try:
+        report.pairs = [(p["group"], p["baseline"]) for p in listed]
+        for names in report.pairs:
+            [report.group(name) for name in names]
+    except (TypeError, KeyError, ReportError) as exc:
+        raise ReportError(f"{path}: {exc} (expected a list of {{group: NAME, baseline: NAME}} of the groups "
+                          f"in {runs_dir}/)") from None
+    return report
+
+
+def paired_groups(a: Group, b: Group, metric: str = METRIC) -> pd.DataFrame:
+    """Group ``a`` minus group ``b`` seed by seed: for each row of ``a`` that both have, d_s = a_s - b_s
+    over the seeds of both (columns: one per seed, then mean, std, wins = #{d_s > 0}, in percentage points)."""
+    def scores(g: Group) -> pd.DataFrame:   # seed x row
+        return pd.DataFrame({r.seed: {row: v[metric] for row, v in r.metrics.items() if isinstance(v, dict)
+                                      and is_number(v.get(metric))} for r in g.runs}).T
+    x, y = scores(a), scores(b)
+    d = 100 * (x - y).loc[x.index.intersection(y.index), [c for c in x.columns if c in y.columns]].dropna(axis=1)
+    if d.empty:
+        raise ReportError(f"groups {a.name} and {b.name} have no seed and row in common")
+    stats = {row: mean_std(d[row], min_n=1) for row in d.columns}
+    return d.sort_index().T.assign(mean=[s.mean for s in stats.values()], std=[s.std for s in stats.values()],
+                                   wins=(d > 0).sum().to_numpy())
 
 
 def markdown(report: Report) -> str:
@@ -676,6 +705,19 @@ def markdown(report: Report) -> str:
         if budgets:
             lines += ["Training images of the weights each row runs (train + fine-tune):", "", "| row | images |",
                       "|---|---|", *[f"| {row} | {b} |" for row, b in budgets.items()], ""]
+    if report.pairs:
+        lines += ["## Groups compared seed by seed", "", f"Listed in `{report.runs_dir}/{PAIRS_FILE}`. Per row, "
+                  "d_s = group_s - baseline_s for each seed s of both, in percentage points; mean ± sample std "
+                  "over those seeds; wins: the seeds with d_s > 0.", ""]
+    for name, base in report.pairs:
+        d = paired_groups(report.group(name), report.group(base))
+        seeds = [c for c in d.columns if c not in ("mean", "std", "wins")]
+        lines += [f"### {name} minus {base}", "", "| row | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | mean | wins |", "|---|" + "---|" * (len(seeds) + 2)]
+        lines += [f"| {row} | " + " | ".join(f"{v[s]:+.2f}" for s in seeds) + f" | {v['mean']:+.2f}"
+                  + (f" ± {v['std']:.2f}" if len(seeds) > 1 else "") + f" | {int(v['wins'])}/{len(seeds)} |"
+                  for row, v in d.iterrows()]
+        lines.append("")
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
