@@ -2,7 +2,8 @@
 
 Every file is written under a temporary name in its destination folder,
 flushed and fsynced, then renamed: a crash leaves the old file or nothing,
-never half a file that DVC would cache as good.
+never half a file that DVC would cache as good. torch is imported by the two
+checkpoint functions only, so that the report tools can write files without it.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-import torch
 import yaml
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync and rename it onto ``path``."""
+    """Open a temporary file beside ``path``; on success fsync and rename it onto ``path`` (keeping the
+    permissions of the file it replaces)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,6 +30,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():   # mkstemp makes the file private; a rewritten README must stay readable
+            os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -74,11 +77,13 @@ def read_yaml(path: str | Path, error: type[Exception] = ValueError) -> Any:
 
 
 def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> None:
+    import torch
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data only, no pickled code."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")

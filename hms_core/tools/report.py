@@ -31,8 +31,9 @@ differ from the repository's ``params.yaml`` and its stage times when ``times.js
 ``metrics/``); ``--readme`` puts it between ``<!-- results:begin -->`` and
 ``<!-- results:end -->`` in ``README.md`` and leaves every other byte of the file as it was.
 
-This module imports neither torch nor the rest of the library (only pandas and PyYAML), so it
-runs in a second even where torch is not installed. ``hms seeds`` (hms_core/tools/seeds.py), the same
+This module imports neither torch nor the rest of the library (only pandas, PyYAML and
+``hms_core.io``, which imports torch only to read or write a checkpoint), so it runs in a second even
+where torch is not installed. ``hms seeds`` (hms_core/tools/seeds.py), the same
 statistics over DVC experiments, takes them from here: :func:`flatten`, :func:`params_key`,
 :func:`summarise_table` (:func:`mean_std`, :func:`paired_difference`) and the markdown of
 :func:`score_lines` and :func:`difference_lines`.
@@ -47,13 +48,14 @@ import re
 import shlex
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 import yaml
+
+from hms_core.io import atomic_write
 
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"
@@ -783,22 +785,9 @@ def replace_block(text: str, block: str) -> str:
     return text[:line_end + 1] + body + text[stop:]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name beside ``path``, fsync, rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_bytes(path: Path, text: str) -> None:
+    """``text`` as UTF-8 bytes, atomically (:func:`hms_core.io.atomic_open`: never half a file)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def update_readme(path: Path, block: str) -> bool:
@@ -809,7 +798,7 @@ def update_readme(path: Path, block: str) -> bool:
         raise ReportError(f"{path}: {exc}") from None
     new = replace_block(old, block)
     if new != old:
-        write_atomic(path, new.encode("utf-8"))
+        write_bytes(path, new)
     return new != old
 
 
@@ -845,7 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out == "-":
             print(text, end="")
         else:
-            write_atomic(root / args.out, text.encode("utf-8"))
+            write_bytes(root / args.out, text)
             print(f"wrote {args.out}", file=sys.stderr)
         if table is not None:
             changed = update_readme(root / args.readme, table)

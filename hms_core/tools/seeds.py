@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from hms_core.tools.report import (HMS_PREFIX, SEED, ReportError, Summary, difference_lines, flatten, is_number,
-                                   param_differences, params_key, score_lines, summarise_table, write_atomic)
+                                   param_differences, params_key, score_lines, summarise_table,
+                                   write_bytes)
 
 EVAL_FILE, PARAMS_FILE, SECONDARY_METRIC = "metrics/eval.json", "params.yaml", "pixel_acc"
 WORKSPACE = "workspace"
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text, end="")
     for path, content in ((args.out, text), (args.json, json.dumps(numbers, indent=2) + "\n")):
         if path:
-            write_atomic(Path(path), content.encode("utf-8"))
+            write_bytes(Path(path), content)
 
 
 if __name__ == "__main__":
