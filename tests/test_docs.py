@@ -50,13 +50,14 @@ def test_report_by_hand(repo):
     emb, quick = rep.groups
     assert emb.name == "emb" and [r.name for r in emb.runs] == ["emb-s0", "emb-s1"] and quick.name == "quick"
     # scale_1.0: 70, 74 -> mean 72, s = sqrt((2^2 + 2^2) / 1) = 2.828; HMS: 75, 80 -> 77.5, sqrt(12.5) = 3.536
-    assert emb.table.loc["scale_1.0", "mean"] == pytest.approx(0.72)
-    assert emb.table.loc["scale_1.0", "std"] == pytest.approx(0.08 ** 0.5 / 10)
+    rows, diffs = emb.summary.rows, {d.row: d for d in emb.summary.differences}
+    assert rows["scale_1.0"]["mIoU"].mean == pytest.approx(0.72)
+    assert rows["scale_1.0"]["mIoU"].std == pytest.approx(0.08 ** 0.5 / 10)
     # d = HMS - row: scale_1.0 5, 6 -> +5.5 +- 0.707, 2 wins; avg -1, 3 -> +1.0 +- 2.828, 1 win
-    assert emb.diffs.loc["scale_1.0", "mean"] == pytest.approx(0.055)
-    assert emb.diffs.loc["scale_1.0", "std"] == pytest.approx(0.005 ** 0.5 / 10)
-    assert (emb.diffs.loc["scale_1.0", "wins"], emb.diffs.loc["avg", "wins"]) == (2, 1)
-    assert "hms_0.5-1.0-2.0" not in emb.diffs.index
+    assert diffs["scale_1.0"].stat.mean == pytest.approx(0.055)
+    assert diffs["scale_1.0"].stat.std == pytest.approx(0.005 ** 0.5 / 10)
+    assert (diffs["scale_1.0"].wins, diffs["avg"].wins) == (2, 1)
+    assert "hms_0.5-1.0-2.0" not in diffs
 
     text = report.markdown(rep)
     for line in ["| scale_1.0 | 2 | 72.00 ± 2.83 |", "| avg | 2 | 76.50 ± 0.71 |", "| hms_0.5-1.0-2.0 | 2 | 77.50 ± 3.54 |",
@@ -89,9 +90,10 @@ def test_reference_rows_join_the_run_of_their_seed(repo):
     rep = report.collect(repo)
     emb = rep.group("emb")
     assert [r.name for r in emb.runs] == ["emb-s0", "emb-s1"] and len(rep.groups) == 2
-    assert emb.table.loc["ref_deeplabv3", "n"] == 1 and emb.table.loc["scale_1.0", "n"] == 2
+    rows, diffs = emb.summary.rows, {d.row: d for d in emb.summary.differences}
+    assert rows["ref_deeplabv3"]["mIoU"].n == 1 and rows["scale_1.0"]["mIoU"].n == 2
     # seed 1 only: HMS 80 - reference 70 = +10, and 80 - 74 = +6
-    assert emb.diffs.loc["ref_deeplabv3", "mean"] == pytest.approx(0.10) and emb.diffs.loc["ref_deeplabv3", "n"] == 1
+    assert diffs["ref_deeplabv3"].stat.mean == pytest.approx(0.10) and diffs["ref_deeplabv3"].stat.n == 1
     table = report.readme_table(rep, "emb").splitlines()
     assert "| row | mIoU (%) | N | Δ (pp) | wins | training images (train + fine-tune) |" in table
     assert "| scale_1.0 | 72.00 ± 2.83 | 2 | +5.50 ± 0.71 | 2/2 | 2400 + 1200 |" in table

@@ -423,19 +423,6 @@ class Group:
         the order of the runs (a note of the group names the runs)."""
         return {row: " / ".join(values) for row, values in budget_values(self.runs).items()}
 
-    @property
-    def table(self) -> pd.DataFrame:
-        """The rows' statistics as a frame: index row; columns n, mean, std, values."""
-        return pd.DataFrame([m[self.summary.metric] for m in self.summary.rows.values()],
-                            index=pd.Index(list(self.summary.rows), name="row"), columns=list(Stat._fields))
-
-    @property
-    def diffs(self) -> pd.DataFrame:
-        """The differences as a frame: index row; columns n, mean, std, values, wins, ties."""
-        ds = self.summary.differences
-        return pd.DataFrame([{**d.stat._asdict(), "wins": d.wins, "ties": d.ties} for d in ds],
-                            index=pd.Index([d.row for d in ds], name="row"), columns=[*Stat._fields, "wins", "ties"])
-
 
 def budget_values(runs: Sequence[Run]) -> dict[str, dict[str, list[str]]]:
     """Row -> each training-images value the runs give it -> the runs that give it, in the runs' order."""
