@@ -138,6 +138,9 @@ def test_groups_listed_in_pairs_yaml_are_compared_seed_by_seed(repo):
     (repo / "docs/runs/pairs.yaml").write_text("- {group: abl, baseline: nope}\n")
     with pytest.raises(ReportError, match=r"pairs.yaml: no group named 'nope'.*expected a list of \{group"):
         report.collect(repo)
+    (repo / "docs/runs/pairs.yaml").write_text("- {group: abl, baseline: emb\n")
+    with pytest.raises(ReportError, match=r"pairs.yaml: .*expected a list of \{group"):
+        report.collect(repo)
 
 
 def test_report_has_the_statistics_of_hms_seeds(repo):

@@ -622,14 +622,14 @@ def collect(root: str | Path = ".", runs_dir: str = RUNS_DIR, metric: str = METR
     stale = lock_differences(params, locked) if run else []
     report = Report(params, default, group_runs(find_runs(root, runs_dir), metric), runs_dir, stale)
     path = root / runs_dir / PAIRS_FILE
-    listed = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
     try:
-        report.pairs = [(p["group"], p["baseline"]) for p in listed]
-        for names in report.pairs:
-            [report.group(name) for name in names]
-    except (TypeError, KeyError, ReportError) as exc:
-        raise ReportError(f"{path}: {exc} (expected a list of {{group: NAME, baseline: NAME}} of the groups "
-                          f"in {runs_dir}/)") from None
+        report.pairs = [(p["group"], p["baseline"]) for p in
+                        ((yaml.safe_load(path.read_text()) or []) if path.is_file() else [])]
+        for name in {name for pair in report.pairs for name in pair}:
+            report.group(name)   # an unknown name fails here, with the names of the groups
+    except (TypeError, KeyError, yaml.YAMLError, ReportError) as exc:
+        raise ReportError(f"{path}: {' '.join(str(exc).split())} (expected a list of "
+                          f"{{group: NAME, baseline: NAME}} of the groups in {runs_dir}/)") from None
     return report
 
 
