@@ -24,8 +24,9 @@ differences d_i = H_i - row_i of the headline HMS row H (``hms_`` + the last cha
 percentage points with the wins #{d_i > 0} / N (and the ties d_i = 0). A group of one run shows
 its single values. ``docs/runs/pairs.yaml`` (a list of ``{group: A, baseline: B}``, optional) asks for
 groups compared seed by seed: for each row both have, d_s = A_s - B_s over the seeds both have (an
-ablation minus the default recipe). A last section gives, for each run, the ``dvc exp run -S key=value`` list of its params that
-differ from the repository's ``params.yaml`` and its stage times when ``times.json`` exists.
+ablation minus the default recipe). A last section gives, for each run, the ``dvc exp run -S key=value``
+list of its params that differ from the repository's ``params.yaml`` and its stage times when
+``times.json`` exists.
 
 :func:`readme_table` returns the README's one results table for a group name (``default``:
 ``metrics/``); ``--readme`` puts it between ``<!-- results:begin -->`` and
@@ -385,12 +386,16 @@ def summarise_table(x: pd.DataFrame, metric: str, hms: str, dropped: Sequence[st
                    [paired_difference(r, d[hms], d[r], min_n) for r, d in pairs.items() if len(d)], list(dropped))
 
 
+def run_scores(run: Run, metric: str = METRIC) -> dict[str, float]:
+    """``{row: metric}`` of a run's ``eval.json``, the rows that have a finite number for it."""
+    return {row: float(v[metric]) for row, v in run.metrics.items() if isinstance(v, dict) and is_number(v.get(metric))}
+
+
 def summarise(runs: Sequence[Run], headline: str, metric: str = METRIC) -> Summary:
     """The :func:`summarise_table` of ``metric`` over the N runs (N = 1 too: no std); a row some runs lack
     (a reference trained for some seeds only) is summarised over the runs that have it."""
     # run x row, the rows in order of first appearance; NaN where a run has no number
-    x = pd.DataFrame([{row: float(v[metric]) for row, v in r.metrics.items() if isinstance(v, dict)
-                       and is_number(v.get(metric))} for r in runs], index=[r.name for r in runs])
+    x = pd.DataFrame([run_scores(r, metric) for r in runs], index=[r.name for r in runs])
     if x.columns.empty:
         raise ReportError(f"no row with a '{metric}' in the runs {', '.join(r.name for r in runs)}")
     return summarise_table(pd.concat({metric: x}, axis=1).swaplevel(axis=1), metric, headline, min_n=1)
@@ -636,10 +641,7 @@ def collect(root: str | Path = ".", runs_dir: str = RUNS_DIR, metric: str = METR
 def paired_groups(a: Group, b: Group, metric: str = METRIC) -> pd.DataFrame:
     """Group ``a`` minus group ``b`` seed by seed: for each row of ``a`` that both have, d_s = a_s - b_s
     over the seeds of both (columns: one per seed, then mean, std, wins = #{d_s > 0}, in percentage points)."""
-    def scores(g: Group) -> pd.DataFrame:   # seed x row
-        return pd.DataFrame({r.seed: {row: v[metric] for row, v in r.metrics.items() if isinstance(v, dict)
-                                      and is_number(v.get(metric))} for r in g.runs}).T
-    x, y = scores(a), scores(b)
+    x, y = (pd.DataFrame({r.seed: run_scores(r, metric) for r in g.runs}).T for g in (a, b))   # seed x row
     d = 100 * (x - y).loc[x.index.intersection(y.index), [c for c in x.columns if c in y.columns]].dropna(axis=1)
     if d.empty:
         raise ReportError(f"groups {a.name} and {b.name} have no seed and row in common")

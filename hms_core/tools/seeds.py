@@ -42,20 +42,29 @@ def read_exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dic
 
 
 def _revision(name: str, rev: dict[str, Any], state: str | None) -> dict[str, Any]:
-    """A revision ``{"error", "data": {"timestamp", "params", "metrics"}}`` -> a line of :func:`parse_exp_show`;
-    why it is no run: the first of its queue state, its error, its seed and its eval.json that fails."""
-    data, error = rev.get("data") or {}, rev.get("error")
+    """A revision ``{"error", "data": {"timestamp", "params", "metrics"}}`` -> a line of :func:`parse_exp_show`."""
+    data = rev.get("data") or {}
     params = {key if path == PARAMS_FILE else f"{path}:{key}": value   # other params files' keys as file:key
               for path, file in (data.get("params") or {}).items()
               for key, value in flatten((file or {}).get("data") or {}).items()}
     seed = params.pop(SEED, None)   # only params.yaml's seed has no "file:" prefix
     metrics = ((data.get("metrics") or {}).get(EVAL_FILE) or {}).get("data")
-    why = (state if state not in (None, "success") else (error.get("msg") or "error") if error
-           else f"no '{SEED}' in {PARAMS_FILE}" if seed is None
-           else f"{SEED} {seed!r} is not an integer" if isinstance(seed, bool) or not isinstance(seed, int)
-           else "" if isinstance(metrics, dict) and metrics else f"no {EVAL_FILE}")
     return {"name": name, "seed": seed, "params": params, "key": params_key(params), "metrics": metrics,
-            "time": data.get("timestamp") or "", "why": why}
+            "time": data.get("timestamp") or "", "why": _why_no_run(state, rev.get("error"), seed, metrics)}
+
+
+def _why_no_run(state: str | None, error: Any, seed: Any, metrics: Any) -> str:
+    """Why a revision is no run ("" when it is one): the first of its queue state, its error, its seed,
+    its eval.json that fails."""
+    if state not in (None, "success"):
+        return state
+    if error:
+        return error.get("msg") or "error"
+    if seed is None:
+        return f"no '{SEED}' in {PARAMS_FILE}"
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"{SEED} {seed!r} is not an integer"
+    return "" if isinstance(metrics, dict) and metrics else f"no {EVAL_FILE}"
 
 
 def parse_exp_show(data: list[dict[str, Any]]) -> pd.DataFrame:
