@@ -55,8 +55,13 @@ class DeepLabV3PlusHead(nn.Module):
                              align_corners=False)
         return torch.cat([high, low], dim=1)
 
+    def forward_with_concat(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f, c)``: the decoder's output ``f = decoder(c)`` and its input ``c`` (:meth:`concat`)."""
+        c = self.concat(features)
+        return self.decoder(c), c
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.decoder(self.concat(features))
+        return self.forward_with_concat(features)[0]
 
 
 class DeepLabV3Head(nn.Module):
