@@ -1,4 +1,5 @@
 """Trunk strides, head shapes, the per-scale model."""
+import copy
 import math
 
 import pytest
@@ -61,3 +62,34 @@ def test_attention_head_ends_in_sigmoid_of_one_channel_or_softmax_over_scales():
         explicit.net[-1].bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
         e = torch.tensor([1.0, math.e, math.e ** 2])
         assert torch.allclose(explicit(features), (e / e.sum()).view(1, 3, 1, 1).expand(2, 3, 5, 7))  # softmax(b)
+
+
+@pytest.mark.parametrize("kernel,dilation,size", [(3, 6, (4, 4)), (3, 12, (8, 16)), (3, 6, (16, 4)),
+                                                  (5, 2, (4, 4)), (5, 2, (3, 9)), (3, 2, (16, 16))])
+def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size):
+    """Skipping the taps that only read padding changes neither the output nor any gradient."""
+    from hms_core.models.dilated import LiveTapConv2d, skip_dead_taps
+
+    torch.manual_seed(0)
+    full = torch.nn.Conv2d(6, 6, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=2)
+    live = skip_dead_taps(torch.nn.Sequential(copy.deepcopy(full)))[0]
+    assert type(live) is LiveTapConv2d and live.state_dict().keys() == full.state_dict().keys()
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    x_live = x.detach().clone().requires_grad_(True)
+    out, out_live = full(x), live(x_live)
+    torch.testing.assert_close(out_live, out)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_live.backward(grad)
+    torch.testing.assert_close(x_live.grad, x.grad)
+    torch.testing.assert_close(live.weight.grad, full.weight.grad)
+    torch.testing.assert_close(live.bias.grad, full.bias.grad)
+
+
+def test_seg_model_skips_dead_taps_of_its_dilated_convolutions_only(tiny_meta):
+    from hms_core.models.dilated import LiveTapConv2d
+
+    model = SegModel(tiny_meta["trunk"], tiny_meta["head"], 7, 16, 16, (6, 12, 18))
+    live = [m for m in model.modules() if isinstance(m, LiveTapConv2d)]
+    assert len(live) == 6  # the trunk's three dilated depthwise convolutions and ASPP's three rates
+    assert all(max(m.dilation) > 1 for m in live)

@@ -8,6 +8,7 @@ from torch import nn
 
 from hms_core.data.labels import build_grouping
 from hms_core.data.resize import resize
+from hms_core.models.dilated import skip_dead_taps
 from hms_core.models.heads import (CONCAT, DECODER, DEEPLAB_HEADS, HEADS, LOW_LEVEL_CHANNELS, SEGFORMER,
                                    build_head)
 from hms_core.models.mit import MIT_TRUNKS
@@ -66,6 +67,7 @@ class SegModel(nn.Module):
         self.classifier = nn.Conv2d(head_channels, num_classes, kernel_size=1)
         self.attention_reads_concat = attention_features == CONCAT
         self.feature_channels = head_channels + LOW_LEVEL_CHANNELS * self.attention_reads_concat
+        skip_dead_taps(self)  # the same function, faster on small feature maps
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (logits at the input size, the attention head's features: the decoder's output at
