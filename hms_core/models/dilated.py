@@ -10,7 +10,8 @@ On a feature map of height ``H`` a tap with ``|j - c| d >= H`` lands in the padd
 
 (per axis; the same output, up to the order of float sums). At the small crops of CPU training
 (64 px at stride 16: 4 x 4 features) the ASPP rates 6, 12, 18 are all center-only and the
-trunk's dilated 5 x 5 depthwise convolutions 3 x 3: about a sixth of a training step.
+trunk's dilated 5 x 5 depthwise convolutions 3 x 3: a quarter of a MobileNetV3 training step
+(``bench/step_time.py``).
 """
 from __future__ import annotations
 
