@@ -64,10 +64,14 @@ def test_attention_head_ends_in_sigmoid_of_one_channel_or_softmax_over_scales():
         assert torch.allclose(explicit(features), (e / e.sum()).view(1, 3, 1, 1).expand(2, 3, 5, 7))  # softmax(b)
 
 
-@pytest.mark.parametrize("kernel,dilation,size", [(3, 6, (4, 4)), (3, 12, (8, 16)), (3, 6, (16, 4)),
-                                                  (5, 2, (4, 4)), (5, 2, (3, 9)), (3, 2, (16, 16))])
-def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size):
-    """Skipping the taps that only read padding changes neither the output nor any gradient."""
+@pytest.mark.parametrize("kernel,dilation,size,live_taps", [
+    (3, 6, (4, 4), 1), (3, 12, (8, 16), 1 * 3), (3, 6, (16, 4), 3 * 1),
+    (5, 2, (4, 4), 3 * 3), (5, 2, (3, 9), 3 * 5), (3, 2, (16, 16), 3 * 3)])
+def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size, live_taps):
+    """Skipping the taps that only read padding changes neither the output nor any gradient, and the
+    convolution costs live_taps / kernel**2 of the full one's FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from hms_core.models.dilated import LiveTapConv2d, skip_dead_taps
 
     torch.manual_seed(0)
@@ -84,6 +88,12 @@ def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size):
     torch.testing.assert_close(x_live.grad, x.grad)
     torch.testing.assert_close(live.weight.grad, full.weight.grad)
     torch.testing.assert_close(live.bias.grad, full.bias.grad)
+    flops = []
+    for conv in (full, live):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            conv(x)
+        flops.append(counter.get_total_flops())
+    assert flops[1] * kernel ** 2 == flops[0] * live_taps
 
 
 def test_seg_model_skips_dead_taps_of_its_dilated_convolutions_only(tiny_meta):
