@@ -74,7 +74,7 @@ def main() -> None:
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"expert training step: {args.trunk} + DeepLabV3+ (64 ch), batch {args.batch}, {name}, "
-          f"median of {args.repeats} steps, the variants in turns")
+          f"median of {args.repeats} steps, the variants in turns\n")
     print("| crop | " + " | ".join(f"{v} (s)" for v in VARIANTS) + " | plain / both |")
     print("|---" * (len(VARIANTS) + 2) + "|")
     for crop in args.crops:
