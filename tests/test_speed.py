@@ -176,3 +176,17 @@ def test_fast_png_decoding_gives_pil_pixels_and_leaves_other_files_to_pil(tmp_pa
     (tmp_path / "truncated.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:100])
     for name in ("palette.png", "grey.png", "rgba.png", "truncated.png", "missing.png"):
         assert decode_rgb8(tmp_path / name) is None, name
+
+
+def test_step_time_bench_prints_a_timed_row_per_crop():
+    """bench/step_time.py runs on the CPU and prints, per crop, four positive step times and their ratio."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "bench/step_time.py", "--crops", "32", "48", "--batch", "2",
+                          "--repeats", "1", "--device", "cpu"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith(("| 32 ", "| 48 "))]
+    assert [r[0] for r in rows] == ["32", "48"]
+    assert all(len(r) == 6 and all(float(v) > 0 for v in r[1:]) for r in rows)
