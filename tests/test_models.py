@@ -4,7 +4,9 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from hms_core.models.dilated import LiveTapConv2d, skip_dead_taps
 from hms_core.models.heads import AttentionHead, build_head
 from hms_core.models.segmodel import SegModel
 from hms_core.models.trunks import build_trunk
@@ -70,9 +72,6 @@ def test_attention_head_ends_in_sigmoid_of_one_channel_or_softmax_over_scales():
 def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size, live_taps):
     """Skipping the taps that only read padding changes neither the output nor any gradient, and the
     convolution costs live_taps / kernel**2 of the full one's FLOPs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from hms_core.models.dilated import LiveTapConv2d, skip_dead_taps
 
     torch.manual_seed(0)
     full = torch.nn.Conv2d(6, 6, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=2)
@@ -97,8 +96,6 @@ def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size, live_t
 
 
 def test_seg_model_skips_dead_taps_of_its_dilated_convolutions_only(tiny_meta):
-    from hms_core.models.dilated import LiveTapConv2d
-
     model = SegModel(tiny_meta["trunk"], tiny_meta["head"], 7, 16, 16, (6, 12, 18))
     live = [m for m in model.modules() if isinstance(m, LiveTapConv2d)]
     assert len(live) == 6  # the trunk's three dilated depthwise convolutions and ASPP's three rates

@@ -1,6 +1,8 @@
 """Speed options (``runtime.amp``, ``channels_last``, ``compile``, ``gpus``): CPU results unchanged,
 clear errors for bad values."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,9 +182,6 @@ def test_fast_png_decoding_gives_pil_pixels_and_leaves_other_files_to_pil(tmp_pa
 
 def test_step_time_bench_prints_a_timed_row_per_crop():
     """bench/step_time.py runs on the CPU and prints, per crop, four positive step times and their ratio."""
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "bench/step_time.py", "--crops", "32", "48", "--batch", "2",
                           "--repeats", "1", "--device", "cpu"], cwd=root, capture_output=True, text=True,
