@@ -15,7 +15,7 @@ only the stages up to ``prepare`` run, for the reference of a seed whose pipelin
 ``--without-baselines`` (for ablations of the recipe): the stages up to ``finetune``, then the evaluate
 stage's script without the explicit-attention baseline and the equal-budget control, which are most of
 the time of a run; every other row (the experts, pooling, TTA, HMS) is the pipeline's own.
-``python -m hms_core.tools.report`` reads those folders.
+``hms report`` reads those folders.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from hms_core.data.convert import main
+from hms_core.tools.main import main
 from hms_core.data.dataset import DataError, find_pairs, prepare_split, read_index
 from hms_core.data.labelmap import load_label_map
 from hms_core.data.labels import build_grouping
@@ -39,7 +39,7 @@ def _source(tmp_path):
 
 
 def _convert(src, out, split="train", *extra):
-    return main(["--images", str(src / "images"), "--masks", str(src / "masks"), "--classes",
+    return main(["convert", "--images", str(src / "images"), "--masks", str(src / "masks"), "--classes",
                  str(src / "classes.txt"), "--out", str(out), "--split", split, *extra])
 
 
@@ -135,4 +135,4 @@ def test_errors_are_one_line(tmp_path, capsys, change, message):
     change(src)
     assert _convert(src, tmp_path / "dataset") == 1
     err = capsys.readouterr().err.strip().splitlines()  # after the progress bar, if it started
-    assert err[-1].startswith("hms-convert: error: ") and message in err[-1], err
+    assert err[-1].startswith("hms convert: error: ") and message in err[-1], err

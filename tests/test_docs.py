@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from hms_core.tools import report
+from hms_core.tools.main import main as hms
 from hms_core.tools.report import BEGIN, END, ReportError, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,12 +195,12 @@ def test_replace_block_keeps_every_other_byte():
 def test_main_writes_the_report_and_the_readme(repo, capsys):
     readme = "# T\n\nintro 1.5 %\n" + BEGIN + "\nplaceholder\n" + END + "\n\nend\n"
     (repo / "README.md").write_text(readme)
-    assert report.main(["--root", str(repo), "--readme"]) == 0
+    assert hms(["report", "--root", str(repo), "--readme"]) == 0
     new = (repo / "README.md").read_text()
     assert new.startswith("# T\n\nintro 1.5 %\n" + BEGIN + "\n") and new.endswith(END + "\n\nend\n")
     assert "77.50 ± 3.54" in new and "77.50 ± 3.54" in (repo / "docs" / "results.md").read_text()
-    assert report.main(["--root", str(repo / "docs"), "--out", "-"]) == 1
-    assert "report: error: no params.yaml" in capsys.readouterr().err
+    assert hms(["report", "--root", str(repo / "docs"), "--out", "-"]) == 1
+    assert "hms report: error: no params.yaml" in capsys.readouterr().err
 
 
 def test_report_imports_no_torch():

@@ -4,7 +4,8 @@ import torch
 
 from hms_core.io import save_checkpoint
 from hms_core.models.hms import HMS
-from hms_core.tools.export import load, main
+from hms_core.tools.export import load
+from hms_core.tools.main import main
 
 SCALES = [0.5, 1.0, 2.0]
 
@@ -27,7 +28,7 @@ def _model(tmp_path, meta, mode):
 def test_exported_model_equals_eager(tmp_path, tiny_meta, mode):
     path, eager = _model(tmp_path, tiny_meta, mode)
     out = tmp_path / "export" / "model.ts"
-    assert main(["--model", str(path), "--scales", "0.5", "1.0", "2.0", "--height", "40", "--width", "56",
+    assert main(["export", "--model", str(path), "--scales", "0.5", "1.0", "2.0", "--height", "40", "--width", "56",
                  "--out", str(out)]) == 0
     exported, meta = load(out)
     assert meta["scales"] == SCALES and (meta["height"], meta["width"]) == (40, 56)
@@ -46,10 +47,10 @@ def test_exported_model_equals_eager(tmp_path, tiny_meta, mode):
 
 def test_export_errors_are_one_line(tmp_path, tiny_meta, capsys):
     path, _ = _model(tmp_path, tiny_meta, "experts")
-    assert main(["--model", str(tmp_path / "none.pt"), "--height", "8", "--width", "8",
+    assert main(["export", "--model", str(tmp_path / "none.pt"), "--height", "8", "--width", "8",
                  "--out", str(tmp_path / "m.ts")]) == 1
     assert "none.pt: checkpoint not found" in capsys.readouterr().err
-    assert main(["--model", str(path), "--scales", "0.5", "--height", "8", "--width", "8",
+    assert main(["export", "--model", str(path), "--scales", "0.5", "--height", "8", "--width", "8",
                  "--out", str(tmp_path / "m.ts")]) == 1
     assert "must contain 1.0" in capsys.readouterr().err
     assert not (tmp_path / "m.ts").exists()

@@ -1,4 +1,4 @@
-"""End to end on an own dataset: images/ + masks/ + classes.txt -> `python -m hms_core.data.convert` -> label
+"""End to end on an own dataset: images/ + masks/ + classes.txt -> `hms convert` -> label
 map -> `dvc repro` with the official cross-check, which must score the ground truth through the map."""
 import json
 import shutil
@@ -47,7 +47,7 @@ def own_dataset(dst: Path) -> Path:
 def convert(src: Path, repo: Path) -> None:
     """Convert both splits into ``repo/mydata`` and complete the label-map skeleton."""
     for split in ("train", "val"):
-        run_command([sys.executable, "-m", "hms_core.data.convert", "--images", str(src / "images" / split), "--masks",
+        run_command([sys.executable, "-m", "hms_core.tools.main", "convert", "--images", str(src / "images" / split), "--masks",
               str(src / "masks" / split), "--classes", str(src / "classes.txt"), "--out", DATA, "--split", split],
              repo)
     label_map = repo / DATA / "label_map.yaml"

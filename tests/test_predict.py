@@ -14,11 +14,11 @@ from hms_core.data.resize import resize
 from hms_core.io import save_checkpoint
 from hms_core.models.hms import HMS
 from hms_core.models.multiscale import multiscale_forward
+from hms_core.tools.main import main
 from hms_core.tools.predict import (
     check_scales,
     find_images,
     load_model,
-    main,
     normalise,
     overlay,
     predict_image,
@@ -112,7 +112,7 @@ def test_cli_writes_four_kinds_of_files(tmp_path, tiny_meta):
     _image(images / "sub" / "b.png", 40, 56, 2)
     Image.fromarray(_image(tmp_path / "tmp.png", 33, 47, 3)).save(images / "sub" / "c.jpg")
     out = tmp_path / "out"
-    assert main([str(images), "--model", str(model), "--scales", "0.5", "1.0", "2.0", "--out", str(out),
+    assert main(["predict", str(images), "--model", str(model), "--scales", "0.5", "1.0", "2.0", "--out", str(out),
                  "--device", "cpu", "--batch-size", "2"]) == 0
     label_ids = set(class_label_ids("category").tolist())
     for stem, size in (("a", (56, 40)), ("b", (56, 40)), ("c", (47, 33))):
@@ -151,7 +151,7 @@ def test_cli_errors_are_one_line_with_exit_status_1(tmp_path, tiny_meta, capsys)
         ([str(tmp_path / "ok"), "--model", str(model), "--scales", "0.75", "1.0"], "experts for"),
     ]
     for argv, message in cases:
-        assert main(argv + ["--device", "cpu"]) == 1, argv
+        assert main(["predict", *argv, "--device", "cpu"]) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
 
@@ -166,7 +166,7 @@ def test_find_images_rejects_colliding_stems(tmp_path):
 def test_module_runs_from_the_repository_root(tmp_path, tiny_meta):
     model = _model(tmp_path, tiny_meta)
     _image(tmp_path / "img.png", 24, 32)
-    proc = subprocess.run([sys.executable, "-m", "hms_core.tools.predict", str(tmp_path / "img.png"), "--model",
+    proc = subprocess.run([sys.executable, "-m", "hms_core.tools.main", "predict", str(tmp_path / "img.png"), "--model",
                            str(model), "--out", str(tmp_path / "out"), "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

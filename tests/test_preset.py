@@ -11,8 +11,8 @@ from test_pipeline_labelmap import own_dataset
 
 from hms_core.config import ParamsError, validate
 from hms_core.data.labelmap import load_label_map
+from hms_core.tools.main import main as hms
 from hms_core.tools.preset import flatten, merged, set_arguments
-from hms_core.tools.preset import main as preset_main
 
 
 def test_preset_leaves_become_dvc_set_arguments():
@@ -57,7 +57,7 @@ def test_camvid_preset_is_the_one_network_model_and_experts_yaml_gives_back_the_
 def test_gpu_presets_are_valid_alone_and_combined_later_file_winning(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     gpu, synthetic = "presets/cityscapes_gpu.yaml", "presets/synthetic_1024x2048.yaml"
-    assert preset_main([gpu, synthetic, "--dry-run", "--", "-S", "seed=1", "--name", "gpu-s1"]) == 0
+    assert hms(["run", gpu, synthetic, "--dry-run", "--", "-S", "seed=1", "--name", "gpu-s1"]) == 0
     command = capsys.readouterr().err
     assert command.rstrip().endswith("-S data.synthetic.width=2048 -S seed=1 --name gpu-s1")  # after --: to dvc
     assert "-S trunk=resnet50" in command and "-S output_stride=8" in command
@@ -71,9 +71,9 @@ def test_bad_preset_is_refused_before_dvc_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {steps: many}\n")
-    assert preset_main([str(bad), "--dry-run"]) == 1
+    assert hms(["run", str(bad), "--dry-run"]) == 1
     assert "'train.steps' must be an integer" in capsys.readouterr().err
-    assert preset_main([str(tmp_path / "missing.yaml"), "--dry-run"]) == 1
+    assert hms(["run", str(tmp_path / "missing.yaml"), "--dry-run"]) == 1
 
 
 def _convert_stage(tmp_path, convert: dict) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hms_core.tools import seeds
+from hms_core.tools.main import main as hms
 from hms_core.tools.report import mean_std, paired_difference
 from hms_core.tools.seeds import SeedsError, summarise
 
@@ -191,7 +192,7 @@ def test_groups():
 def test_report_and_cli_errors(monkeypatch, capsys, tmp_path):
     data = fake_exp_show()
     monkeypatch.setattr(seeds, "read_exp_show", lambda repo, all_commits=False: data)
-    seeds.main(["--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "s.md")])
+    assert hms(["seeds", "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "s.md")]) == 0
     out, err = capsys.readouterr()
     assert "| scale_1.0 | 3 | +9.67 ± 0.58 | 3/3 |" in out and "skipped experiments: queued: queued" in err
     assert (tmp_path / "s.md").read_text() == out
@@ -199,21 +200,18 @@ def test_report_and_cli_errors(monkeypatch, capsys, tmp_path):
     assert numbers["seeds"] == [0, 1, 2] and numbers["differences"]["avg"]["wins"] == 2
     assert numbers["rows"]["scale_1.0"]["mIoU"]["std"] == pytest.approx(0.02)
 
-    seeds.main(["--all"])
+    assert hms(["seeds", "--all"]) == 0
     out, err = capsys.readouterr()
     assert out.count("### ") == 2 and "### params.yaml with lr=0.2" in out
 
     data[1]["experiments"] = [e for e in data[1]["experiments"] if e["name"] in ("e1", "other-lr")]
-    with pytest.raises(SystemExit) as code:
-        seeds.main([])
-    assert code.value.code == 1
+    assert hms(["seeds"]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "seeds: error: fewer than 2 seeds with the workspace's params (seeds: 1); 1 other param set(s): --all")
+        "hms seeds: error: fewer than 2 seeds with the workspace's params (seeds: 1); 1 other param set(s): --all")
 
     data[1]["experiments"] = []
-    with pytest.raises(SystemExit):
-        seeds.main([])
-    assert capsys.readouterr().err.startswith("seeds: error: no finished experiments")
+    assert hms(["seeds"]) == 1
+    assert capsys.readouterr().err.startswith("hms seeds: error: no finished experiments")
 
 
 # ---------------------------------------------------------------- a real DVC repository
@@ -263,11 +261,11 @@ def test_real_dvc_experiments(tmp_path):
     _run(["dvc", "init", "-q"], repo)
     _run(git + ["add", "-A"], repo)
     _run(git + ["commit", "-q", "-m", "init"], repo)
-    seeds_cmd = [sys.executable, "-m", "hms_core.tools.seeds"]
+    seeds_cmd = [sys.executable, "-m", "hms_core.tools.main", "seeds"]
 
     proc = _run(seeds_cmd, repo, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        "seeds: error: no finished experiments (run e.g. `dvc exp run --queue -S seed=0` ... and `dvc queue start`)"]
+        "hms seeds: error: no finished experiments (run e.g. `dvc exp run --queue -S seed=0` ... and `dvc queue start`)"]
 
     for seed in (0, 1, 2):
         _run(["dvc", "exp", "run", "-q", "-S", f"seed={seed}"], repo)
@@ -345,7 +343,7 @@ def test_queued_sweep_over_trunks_and_seeds(tmp_path):
     assert runs == [("0.6", "0", "mobilenet_v3_large"), ("0.61", "1", "mobilenet_v3_large"),
                     ("0.7", "0", "resnet50"), ("0.71", "1", "resnet50")]
 
-    out = _run([sys.executable, "-m", "hms_core.tools.seeds", "--all"], repo).stdout
+    out = _run([sys.executable, "-m", "hms_core.tools.main", "seeds", "--all"], repo).stdout
     workspace, resnet = out.split("### params.yaml with trunk=\"resnet50\"")
     assert "| hms_0.5-1.0-2.0 | 2 | 60.50 ± 0.71 | 90.00 ± 0.00 |" in workspace
     assert "| hms_0.5-1.0-2.0 | 2 | 70.50 ± 0.71 | 90.00 ± 0.00 |" in resnet

@@ -1,6 +1,6 @@
 """Convert an "images/ + masks/ + class list" dataset into the Cityscapes layout.
 
-``python -m hms_core.data.convert --images DIR --masks DIR --classes classes.txt --out ROOT --split train``
+``hms convert --images DIR --masks DIR --classes classes.txt --out ROOT --split train``
 
 * ``classes.txt``: one class name per line; line ``i`` (from 0) is mask value ``i``.
 * ``masks/``: single-channel PNGs of class indices, matched to ``images/`` by file stem.
@@ -189,12 +189,11 @@ def convert_dataset(root: str | Path, out: str | Path, splits: Sequence[str], la
             for split in splits}
 
 
-PROG = "hms-convert"  # the name in messages when run alone; ``hms convert`` passes its own
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The command-line arguments, on ``p`` (this module's own parser or ``hms convert``)."""
+    """The arguments of ``hms convert``, on ``p``."""
     p.add_argument("--images", required=True, help="folder of images (PNG or JPEG)")
     p.add_argument("--masks", required=True, help="folder of class-index mask PNGs, same stems as the images")
     p.add_argument("--classes", required=True, help="class list, one name per line (line i = mask value i)")
@@ -205,30 +204,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="label-map skeleton to write if it does not exist (default: OUT/label_map.yaml)")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    add_arguments(p)
-    return p
-
-
-def run(args: argparse.Namespace, prog: str = PROG) -> int:
-    """Convert as ``args`` say; returns the exit status (1 on an error the message explains)."""
-    try:
-        n, label_map, written = convert(args.images, args.masks, args.classes, args.out, args.split,
-                                        args.city, args.label_map)
-    except (ConvertError, FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 1
+def run(args: argparse.Namespace, prog: str = "hms convert") -> int:
+    """Convert as ``args`` say; returns 0 (``hms`` turns a raised error into its exit status)."""
+    n, label_map, written = convert(args.images, args.masks, args.classes, args.out, args.split,
+                                    args.city, args.label_map)
     print(f"{prog}: {n} images -> {Path(args.out) / 'leftImg8bit' / args.split / args.city}", file=sys.stderr)
     state = "written; complete its null entries" if written else "exists, kept unchanged"
     print(f"{prog}: label map {label_map} {state}", file=sys.stderr)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
-    return run(parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Export HMS inference at fixed scales and a fixed image size to TorchScript.
 
-``python -m hms_core.tools.export --model models/hms/model.pt --scales 0.5 1.0 2.0 --height 1024 --width 2048 --out models/hms/model.ts``
+``hms export --model models/hms/model.pt --scales 0.5 1.0 2.0 --height 1024 --width 2048 --out models/hms/model.ts``
 
 The exported module maps a normalised image batch [B, 3, H, W] (ImageNet mean/std,
 as :func:`hms_core.data.dataset.load_sample`) to class logits [B, C, H, W]. It is traced
@@ -98,12 +98,11 @@ def load(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     return module, json.loads(extra[META_FILE])
 
 
-PROG = "hms-export"  # the name in messages when run alone; ``hms export`` passes its own
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The command-line arguments, on ``p`` (this module's own parser or ``hms export``)."""
+    """The arguments of ``hms export``, on ``p``."""
     p.add_argument("--model", default="models/hms/model.pt", help="HMS checkpoint (default: %(default)s)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
                    help="inference scales, must contain 1.0 (default: the model's scales)")
@@ -112,33 +111,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models/hms/model.ts", help="output file (default: %(default)s)")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    add_arguments(p)
-    return p
-
-
-def run(args: argparse.Namespace, prog: str = PROG) -> int:
-    """Export as ``args`` say; returns the exit status (1 on an error the message explains)."""
-    try:
-        for name in ("height", "width"):
-            if getattr(args, name) < 1:
-                raise PredictError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
-        model = load_model(args.model, torch.device("cpu"))
-        scales = check_scales(model, args.scales if args.scales is not None else model.scales)
-        traced = trace(model, scales, args.height, args.width)
-        save(traced, args.out, export_meta(model, scales, args.height, args.width))
-    except (PredictError, FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 1
+def run(args: argparse.Namespace, prog: str = "hms export") -> int:
+    """Export as ``args`` say; returns 0 (``hms`` turns a raised error into its exit status)."""
+    for name in ("height", "width"):
+        if getattr(args, name) < 1:
+            raise PredictError(f"--{name}: expected a positive integer, got {getattr(args, name)}")
+    model = load_model(args.model, torch.device("cpu"))
+    scales = check_scales(model, args.scales if args.scales is not None else model.scales)
+    traced = trace(model, scales, args.height, args.width)
+    save(traced, args.out, export_meta(model, scales, args.height, args.width))
     print(f"{prog}: scales {scales}, input {args.height}x{args.width} -> {args.out}", file=sys.stderr)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
-    return run(parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Predict with a trained HMS model: class ids, Cityscapes label ids, overlay, attention.
 
-``python -m hms_core.tools.predict IMAGES_OR_FOLDERS --model models/hms/model.pt --scales 0.5 1.0 2.0 --out predictions``
+``hms predict IMAGES_OR_FOLDERS --model models/hms/model.pt --scales 0.5 1.0 2.0 --out predictions``
 
 Per image ``{stem}`` it writes to ``--out``:
 
@@ -177,12 +177,11 @@ def predict_files(model: HMS, paths: Sequence[Path], scales: Sequence[float], ou
             bar.update(len(batch))
 
 
-PROG = "hms-predict"  # the name in messages when run alone; ``hms predict`` passes its own
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The command-line arguments, on ``p`` (this module's own parser or ``hms predict``)."""
+    """The arguments of ``hms predict``, on ``p``."""
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively for *.png, *.jpg)")
     p.add_argument("--model", default="models/hms/model.pt", help="HMS checkpoint (default: %(default)s)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
@@ -193,33 +192,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    add_arguments(p)
-    return p
-
-
-def run(args: argparse.Namespace, prog: str = PROG) -> int:
-    """Predict as ``args`` say; returns the exit status (1 on an error the message explains)."""
-    try:
-        if args.batch_size < 1:
-            raise PredictError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-        paths = find_images(args.inputs)
-        device = resolve_device(args.device, key="--device")
-        model = load_model(args.model, device)
-        scales = check_scales(model, args.scales if args.scales is not None else model.scales)
-        predict_files(model, paths, scales, args.out, args.batch_size, device)
-    except (PredictError, FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 1
+def run(args: argparse.Namespace, prog: str = "hms predict") -> int:
+    """Predict as ``args`` say; returns 0 (``hms`` turns a raised error into its exit status)."""
+    if args.batch_size < 1:
+        raise PredictError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    paths = find_images(args.inputs)
+    device = resolve_device(args.device, key="--device")
+    model = load_model(args.model, device)
+    scales = check_scales(model, args.scales if args.scales is not None else model.scales)
+    predict_files(model, paths, scales, args.out, args.batch_size, device)
     print(f"{prog}: {len(paths)} images -> {args.out}", file=sys.stderr)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (1 on an error the message explains)."""
-    return run(parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

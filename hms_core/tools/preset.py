@@ -1,6 +1,6 @@
 """Run the pipeline with a named set of params (presets/*.yaml) as one experiment: dvc exp run -S ...
 
-``hms run presets/camvid.yaml``, or ``python -m hms_core.tools.preset presets/camvid.yaml``.
+``hms run presets/camvid.yaml``.
 
 Several presets apply in order, a later one winning where both set a key
 (``presets/cityscapes_gpu.yaml presets/synthetic_1024x2048.yaml``).
@@ -17,7 +17,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hms_core.config import ParamsError, load_params, validate
 from hms_core.io import read_yaml
@@ -39,17 +39,12 @@ def read_preset(path: str | Path) -> dict[str, Any]:
     return preset
 
 
-PROG = "hms-preset"  # the name in messages when run alone; ``hms run`` passes its own
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The command-line arguments, on ``p`` (this module's own parser or ``hms run``).
-
-    What follows ``--`` is not an argument here: the caller splits it off first
-    (:func:`split_argv`) into ``args.dvc_args``, as the preset list is variadic too and
-    argparse alone cannot tell the two apart.
-    """
+    """The arguments of ``hms run``. What follows ``--`` is not one: ``hms`` splits it off first into
+    ``args.dvc_args``, as the preset list is variadic too and argparse alone cannot tell the two apart."""
     p.usage = "%(prog)s [-h] [--queue] [--dry-run] preset [preset ...] [-- DVC_ARG ...]"
     p.epilog = "Arguments after -- go to dvc exp run as they are, e.g. -- -S seed=1 --name camvid-s1."
     p.add_argument("presets", nargs="+", metavar="preset", help="YAML file(s) with the params to change, applied in order")
@@ -57,32 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
 
 
-def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``argv`` before the first ``--`` (ours) and after it (for ``dvc exp run``)."""
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    return argv[:cut], argv[cut + 1:]
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
-    add_arguments(p)
-    return p
-
-
-def run(args: argparse.Namespace, prog: str = PROG) -> int:
+def run(args: argparse.Namespace, prog: str = "hms run") -> int:
     """Validate ``params.yaml`` with the presets applied, then run ``dvc exp run -S ...``.
 
-    Returns 0, or 1 when a preset is bad or ``dvc exp run`` fails (its own status in the message).
+    Returns 0, or 1 when ``dvc exp run`` fails (its own status in the message); a bad preset raises.
     """
-    try:
-        preset: dict[str, Any] = {}
-        for path in args.presets:
-            preset = merged(preset, read_preset(path))
-        validate(merged(load_params(), preset))  # a bad preset fails here, before DVC runs anything
-    except (ParamsError, ValueError) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 1
+    preset: dict[str, Any] = {}
+    for path in args.presets:
+        preset = merged(preset, read_preset(path))
+    validate(merged(load_params(), preset))  # a bad preset fails here, before DVC runs anything
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(["--queue"] if args.queue else []),
            *set_arguments(preset), *args.dvc_args]
     print(" ".join(cmd[1:]), file=sys.stderr)
@@ -94,14 +72,3 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         return 1
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: ``PRESET ... [--queue] [--dry-run] [-- DVC_ARG ...]``."""
-    own, dvc_args = split_argv(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(own)
-    args.dvc_args = dvc_args
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

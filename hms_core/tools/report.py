@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    hms report                  # writes docs/results.md (python -m hms_core.tools.report alike)
+    hms report                  # writes docs/results.md
     hms report --readme         # ... and the table between the README's markers
     hms report --out -          # prints the report instead
 
@@ -79,8 +79,8 @@ METRIC = "mIoU"
 HMS_PREFIX = "hms_"
 
 
-class ReportError(Exception):
-    """A problem the user can fix from the message alone (printed as one line, exit status 1)."""
+class ReportError(ValueError):
+    """A problem the user can fix from the message alone (``hms`` prints it as one line, exit status 1)."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -652,7 +652,7 @@ def paired_groups(a: Group, b: Group, metric: str = METRIC) -> pd.DataFrame:
 
 def markdown(report: Report) -> str:
     """docs/results.md."""
-    lines = ["<!-- Written by `python -m hms_core.tools.report` from the files it names: do not edit by hand. -->",
+    lines = ["<!-- Written by `hms report` from the files it names: do not edit by hand. -->",
              "", "# Results", "",
              "mIoU in %. Over several runs: mean ± sample standard deviation (ddof = 1) over the runs, N the "
              "number of runs. Differences are paired, run by run, headline HMS row minus the row, in "
@@ -798,11 +798,12 @@ def is_number(v: Any) -> bool:
 
 # --------------------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hms report",
-        description="Write docs/results.md from metrics/ and the run folders under docs/runs/ "
-                    "(mean ± sample std over seeds, paired differences, how to reproduce each run).")
+DESCRIPTION = ("Write docs/results.md from metrics/ and the run folders under docs/runs/ "
+               "(mean ± sample std over seeds, paired differences, how to reproduce each run).")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``hms report``, on ``p``."""
     p.add_argument("--root", default=".", help="the repository root (default: .)")
     p.add_argument("--out", default=OUT_FILE, help="the report, relative to the root; '-' prints it (default: %(default)s)")
     p.add_argument("--runs", default=RUNS_DIR, help="folder of run folders, relative to the root (default: %(default)s)")
@@ -810,29 +811,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also replace the table between '{BEGIN}' and '{END}' in FILE (default: {README_FILE})")
     p.add_argument("--group", help="the group the README table shows (default: the runs with params.yaml's "
                                    "params and most seeds, else 'default': metrics/)")
-    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace, prog: str = "hms report") -> int:
+    """Write the report (and the README's table) as ``args`` say; returns 0, an error raises."""
     root = Path(args.root)
-    try:
-        report = collect(root, args.runs)
-        text = markdown(report)
-        table = readme_table(report, args.group) if args.readme else None
-        if args.out == "-":
-            print(text, end="")
-        else:
-            write_bytes(root / args.out, text)
-            print(f"wrote {args.out}", file=sys.stderr)
-        if table is not None:
-            changed = update_readme(root / args.readme, table)
-            print(f"{args.readme}: results table {'updated' if changed else 'unchanged'}", file=sys.stderr)
-    except ReportError as exc:
-        print(f"report: error: {exc}", file=sys.stderr)
-        return 1
+    report = collect(root, args.runs)
+    text = markdown(report)
+    table = readme_table(report, args.group) if args.readme else None
+    if args.out == "-":
+        print(text, end="")
+    else:
+        write_bytes(root / args.out, text)
+        print(f"{prog}: wrote {args.out}", file=sys.stderr)
+    if table is not None:
+        changed = update_readme(root / args.readme, table)
+        print(f"{prog}: {args.readme}: results table {'updated' if changed else 'unchanged'}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

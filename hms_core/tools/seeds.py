@@ -200,10 +200,12 @@ def report(exps: pd.DataFrame, metric: str = "mIoU", hms: str | None = None, all
     return "\n".join(parts), numbers
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="hms seeds", description=(
-        "Mean ± sample std over seeds of the rows of metrics/eval.json in the DVC experiments, "
-        "and the paired differences of the main HMS row against every other row."))
+DESCRIPTION = ("Mean ± sample std over seeds of the rows of metrics/eval.json in the DVC experiments, "
+               "and the paired differences of the main HMS row against every other row.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``hms seeds``, on ``p``."""
     p.add_argument("--repo", default=".", help="the DVC repository (default: .)")
     p.add_argument("--metric", default="mIoU",
                    help="metric of the first column and the differences (default: mIoU; nested: iou.CLASS)")
@@ -216,20 +218,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--all-commits", "-A", action="store_true", help="experiments of every commit (default: HEAD's)")
     p.add_argument("--out", metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--json", metavar="FILE", help="also write the numbers (fractions) to FILE")
-    args, notes, text = p.parse_args(argv), [], None
+
+
+def run(args: argparse.Namespace, prog: str = "hms seeds") -> int:
+    """Print the markdown (and write ``--out``, ``--json``), the notes on stderr; an error raises."""
+    notes: list[str] = []
     try:
         text, numbers = report(parse_exp_show(read_exp_show(args.repo, args.all_commits)), args.metric, args.hms,
                                args.all_groups, args.include_workspace, args.common_rows, notes)
-    except SeedsError as exc:
-        notes.append(f"error: {exc}")
-    print("".join(f"seeds: {note}\n" for note in notes), end="", file=sys.stderr)
-    if text is None:
-        sys.exit(1)
+    finally:   # the notes gathered before an error come first
+        print("".join(f"{prog}: {note}\n" for note in notes), end="", file=sys.stderr)
     print(text, end="")
     for path, content in ((args.out, text), (args.json, json.dumps(numbers, indent=2) + "\n")):
         if path:
             write_bytes(Path(path), content)
-
-
-if __name__ == "__main__":
-    main()
+    return 0
