@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hms_core.data.convert as convert_module
+import hms_core.tools.convert as convert_module
 import hms_core.tools.preset as preset_module
 from hms_core.tools.main import COMMANDS, main
 

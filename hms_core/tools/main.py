@@ -38,7 +38,7 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("hms_core.tools.predict",
                        "predict class ids, label ids, overlays and attention maps of images"),
     "export": Command("hms_core.tools.export", "export HMS inference at fixed scales and size to TorchScript"),
-    "convert": Command("hms_core.data.convert",
+    "convert": Command("hms_core.tools.convert",
                        'convert an "images/ + masks/ + class list" dataset to the Cityscapes layout'),
     "run": Command("hms_core.tools.preset", "run the pipeline with preset params (dvc exp run -S ...)",
                    rest="dvc_args"),

@@ -3,7 +3,7 @@
 every such group), the newest run of a seed winning: each row's mean m = (1/N) sum_i x_i, sample std
 s = sqrt( sum_i (x_i - m)^2 / (N - 1) ), and the paired differences d_i = a_i - b_i of the main HMS row a minus
 each other row b with the wins #{d_i > 0}, by ``hms report``'s statistics. Percent in the markdown, fractions
-in ``--json``. Errors: one line, exit 1."""
+in ``--json``."""
 from __future__ import annotations
 
 import argparse
@@ -21,16 +21,15 @@ from hms_core.tools.report import (HMS_PREFIX, SEED, ReportError, Summary, diffe
 
 EVAL_FILE, PARAMS_FILE, SECONDARY_METRIC = "metrics/eval.json", "params.yaml", "pixel_acc"
 WORKSPACE = "workspace"
-SeedsError = ReportError   # the statistics raise it too: one error line, exit 1, for both commands
+SeedsError = ReportError   # the statistics raise it too: a ValueError, one error line from hms
 
 
 def read_exp_show(repo: str | Path = ".", all_commits: bool = False) -> list[dict[str, Any]]:
     """``dvc exp show --json`` (``-A``: the experiments of every commit, not only HEAD's), parsed."""
-    try:   # a --repo that is no folder, say
-        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"] + ["-A"] * all_commits,
-                              cwd=repo, capture_output=True, text=True)
-    except OSError as exc:
-        raise SeedsError(f"cannot run dvc: {exc}") from None
+    if not Path(repo).is_dir():
+        raise SeedsError(f"--repo {repo}: not a folder")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"] + ["-A"] * all_commits,
+                          cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         last = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()][-1:]
         raise SeedsError(f"'dvc exp show --json' failed in {Path(repo).resolve()}: "
