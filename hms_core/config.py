@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import yaml
 
@@ -42,50 +43,57 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def integer(low: int | None = None, high: int | None = None) -> Check:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _in_range(v: Any, low: float | None, high: float | None) -> bool:
+    return (low is None or v >= low) and (high is None or v <= high)
+
+
+def _is_pair(v: Any, strict: bool) -> bool:
+    """``[low, high]``: two positive numbers with ``low <= high`` (``low < high`` if ``strict``)."""
+    return (isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
+            and (v[0] < v[1] if strict else v[0] <= v[1]))
+
+
+def _rule(expected: str, ok: Callable[[Any], bool]) -> Check:
+    """The check that a value passes ``ok``, failing with ``'{key}' must be {expected}``."""
     def check(key: str, v: Any) -> None:
-        ok = isinstance(v, int) and not isinstance(v, bool)
-        if not ok or (low is not None and v < low) or (high is not None and v > high):
-            bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
-            _fail(key, "an integer" + (bounds if low is not None else ""), v)
+        if not ok(v):
+            _fail(key, expected, v)
     return check
+
+
+def integer(low: int | None = None, high: int | None = None) -> Check:
+    bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
+    return _rule("an integer" + (bounds if low is not None else ""), lambda v: _is_int(v) and _in_range(v, low, high))
 
 
 def number(positive: bool = False, low: float | None = None, high: float | None = None) -> Check:
-    def check(key: str, v: Any) -> None:
-        if not _is_number(v) or (positive and v <= 0) or (low is not None and v < low) \
-                or (high is not None and v > high):
-            what = "a positive number" if positive else "a number"
-            if low is not None or high is not None:
-                what += f" in [{low}, {high}]"
-            _fail(key, what, v)
-    return check
-
-
-def boolean(key: str, v: Any) -> None:
-    if not isinstance(v, bool):
-        _fail(key, "true or false", v)
-
-
-def string(key: str, v: Any) -> None:
-    if not isinstance(v, str) or not v:
-        _fail(key, "a non-empty string", v)
+    what = "a positive number" if positive else "a number"
+    if low is not None or high is not None:
+        what += f" in [{low}, {high}]"
+    return _rule(what, lambda v: _is_number(v) and (not positive or v > 0) and _in_range(v, low, high))
 
 
 def choice(*options: Any) -> Check:
-    def check(key: str, v: Any) -> None:
-        if v not in options:
-            _fail(key, "one of " + ", ".join(map(str, options)), v)
-    return check
+    return _rule("one of " + ", ".join(map(str, options)), lambda v: v in options)
+
+
+boolean = _rule("true or false", lambda v: isinstance(v, bool))
+string = _rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
+number_pair = _rule("a pair [low, high] of positive numbers with low <= high", lambda v: _is_pair(v, strict=False))
+int_list = _rule("a non-empty list of positive integers",
+                 lambda v: isinstance(v, list) and v != [] and all(_is_int(x) and x > 0 for x in v))
 
 
 def scale_list(key: str, v: Any) -> None:
     """A non-empty list of distinct positive scales that contains 1.0."""
     if not isinstance(v, list) or not v:
         _fail(key, "a non-empty list of positive numbers", v)
-    for s in v:
-        if not _is_number(s) or s <= 0:
-            _fail(key, "a list of positive numbers", v)
+    if not all(_is_number(s) and s > 0 for s in v):
+        _fail(key, "a list of positive numbers", v)
     if len(set(map(float, v))) != len(v):
         _fail(key, "a list of distinct scales", v)
     if 1.0 not in map(float, v):
@@ -102,27 +110,12 @@ def expert_scales(key: str, v: Any) -> None:
                        f"folder after the literal value)", v)
 
 
-def number_pair(key: str, v: Any) -> None:
-    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v) and v[0] <= v[1]):
-        _fail(key, "a pair [low, high] of positive numbers with low <= high", v)
-
-
 def scale_pairs(key: str, v: Any) -> None:
     """A non-empty list of distinct pairs ``[lo, hi]`` of positive scales with ``lo < hi``."""
     expected = "a non-empty list of distinct pairs [low, high] of positive scales with low < high, e.g. [[0.5, 1.0]]"
-    if not (isinstance(v, list) and v):
+    if not (isinstance(v, list) and v and all(_is_pair(p, strict=True) for p in v)
+            and len({tuple(map(float, p)) for p in v}) == len(v)):
         _fail(key, expected, v)
-    for pair in v:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_number(x) and x > 0 for x in pair)
-                and pair[0] < pair[1]):
-            _fail(key, expected, v)
-    if len({tuple(map(float, p)) for p in v}) != len(v):
-        _fail(key, expected, v)
-
-
-def int_list(key: str, v: Any) -> None:
-    if not (isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)):
-        _fail(key, "a non-empty list of positive integers", v)
 
 
 def host_port(key: str, v: Any) -> None:
@@ -309,64 +302,27 @@ class Tracked(dict):
         self.read.add(self._path(key))
         return super().__contains__(key)
 
-    def __iter__(self) -> Iterator[Any]:
+    # Iteration, keys, items, values, len, ==, printing, copies and pickling: set below the class.
+
+
+def _whole_then(method: Callable[..., Any], on_plain: bool = False) -> Callable[..., Any]:
+    """A :class:`Tracked` method: record the whole mapping, then return ``method`` applied to it (with
+    ``on_plain``: to :meth:`Tracked.plain`, so that what it returns holds plain dicts, never Tracked)."""
+    def recorded(self: Tracked, *args: Any) -> Any:
         self._whole()
-        return super().__iter__()
+        return method(self.plain() if on_plain else self, *args)
+    return recorded
 
-    def __reversed__(self) -> Iterator[Any]:
-        self._whole()
-        return super().__reversed__()
 
-    def __len__(self) -> int:
-        self._whole()
-        return super().__len__()
-
-    def keys(self):  # type: ignore[override]
-        self._whole()
-        return super().keys()
-
-    def items(self):  # type: ignore[override]
-        self._whole()
-        return super().items()
-
-    def values(self):  # type: ignore[override]
-        self._whole()
-        return super().values()
-
-    def __eq__(self, other: object) -> bool:
-        self._whole()
-        return super().__eq__(other)
-
-    def __ne__(self, other: object) -> bool:
-        self._whole()
-        return super().__ne__(other)
-
-    def __repr__(self) -> str:
-        self._whole()
-        return repr(self.plain())
-
-    def __or__(self, other: Any) -> Any:
-        self._whole()
-        return self.plain() | other
-
-    def __ror__(self, other: Any) -> Any:
-        self._whole()
-        return other | self.plain()
-
-    def copy(self) -> dict[str, Any]:  # type: ignore[override]
-        self._whole()
-        return self.plain()
-
-    __copy__ = copy
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        self._whole()
-        return copy.deepcopy(self.plain(), memo)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        self._whole()
-        return dict, (self.plain(),)
-
+for _name in ("__iter__", "__reversed__", "__len__", "keys", "items", "values", "__eq__", "__ne__"):
+    setattr(Tracked, _name, _whole_then(getattr(dict, _name)))
+_ON_PLAIN: dict[str, Callable[..., Any]] = {
+    "__repr__": repr, "__or__": operator.or_, "__ror__": lambda d, other: other | d,
+    "copy": lambda d: d, "__copy__": lambda d: d, "__deepcopy__": copy.deepcopy,
+    "__reduce_ex__": lambda d, protocol: (dict, (d,)),  # pickled as dict(...): weights_only refuses it
+}
+for _name, _method in _ON_PLAIN.items():
+    setattr(Tracked, _name, _whole_then(_method, on_plain=True))
 
 for _dumper in (yaml.SafeDumper, yaml.Dumper):
     _dumper.add_representer(Tracked, lambda dumper, data: dumper.represent_dict(data))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from itertools import accumulate
 from typing import Any, Callable, Iterable
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler is chatty on machines without a GPU
@@ -25,11 +26,7 @@ from hms_core.runtime.speed import Speed
 
 def count_parameters(modules: Iterable[nn.Module]) -> int:
     """Parameters of the union of ``modules`` (a shared module counts once)."""
-    seen: dict[int, int] = {}
-    for m in modules:
-        for p in m.parameters():
-            seen[id(p)] = p.numel()
-    return sum(seen.values())
+    return sum({id(p): p.numel() for m in modules for p in m.parameters()}.values())
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
@@ -43,11 +40,8 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - base
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    return max(accumulate((e.self_cpu_memory_usage for e in events), initial=0))
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:

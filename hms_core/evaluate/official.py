@@ -86,7 +86,8 @@ class PredictionWriter:
         self.image_paths = [Path(p).as_posix() for p in image_paths]
         self.names = [prediction_name(p) for p in self.image_paths]
         if len(set(self.names)) != len(self.names):
-            raise ValueError(f"{self.out_dir}: two val images share the prediction name {_first_duplicate(self.names)}")
+            duplicate = next(name for i, name in enumerate(self.names) if name in self.names[:i])
+            raise ValueError(f"{self.out_dir}: two val images share the prediction name {duplicate}")
         self.tmp = self.out_dir.with_name(self.out_dir.name + ".tmp")
         self.written: set[int] = set()
 
@@ -127,15 +128,6 @@ class PredictionWriter:
         write_json(self.tmp / INDEX_FILE, index)
         shutil.rmtree(self.out_dir, ignore_errors=True)
         self.tmp.rename(self.out_dir)
-
-
-def _first_duplicate(names: Sequence[str]) -> str:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            return name
-        seen.add(name)
-    return ""
 
 
 def read_predictions(folder: str | Path) -> dict[str, Any]:
@@ -204,13 +196,9 @@ def official_scores(pred_files: Sequence[str | Path], gt_files: Sequence[str | P
             result = official.evaluateImgLists([str(p) for p in pred_files], [str(p) for p in gt_files], args)
     except SystemExit:
         raise ValueError(_evaluator_error(console.getvalue(), gt_files, args.evalLabels)) from None
-    if grouping.mode == "trainid":
-        scores = {name: result["classScores"][name] for name in grouping.class_names}
-        scores["mIoU"] = result["averageScoreClasses"]
-    else:
-        scores = {name: result["categoryScores"][name] for name in grouping.class_names}
-        scores["mIoU"] = result["averageScoreCategories"]
-    return scores
+    scores_key, mean_key = (("classScores", "averageScoreClasses") if grouping.mode == "trainid"
+                            else ("categoryScores", "averageScoreCategories"))
+    return {**{name: result[scores_key][name] for name in grouping.class_names}, "mIoU": result[mean_key]}
 
 
 def _evaluator_error(console: str, gt_files: Sequence[str | Path], known_ids: Sequence[int]) -> str:

@@ -54,11 +54,10 @@ def prediction_panel(model: HMS, image: torch.Tensor, label: torch.Tensor, group
     colours = class_colors(grouping.mode)
     shown = np.clip((image * STD + MEAN).permute(1, 2, 0).numpy(), 0, 1)
     tiles = [("image", shown, None), ("ground truth", colourise(label.numpy().astype(np.uint8), colours), None)]
-    for name, score in scores.items():
-        tiles.append((method_label(name), colourise(score[0].argmax(0).cpu().numpy().astype(np.uint8), colours),
-                      None))
-    for s, a in attention_maps(outputs, tuple(image.shape[-2:])).items():
-        tiles.append((f"attention a_{s:g}", a[0, 0].cpu().numpy(), "magma"))
+    tiles += [(method_label(name), colourise(score[0].argmax(0).cpu().numpy().astype(np.uint8), colours), None)
+              for name, score in scores.items()]
+    tiles += [(f"attention a_{s:g}", a[0, 0].cpu().numpy(), "magma")
+              for s, a in attention_maps(outputs, tuple(image.shape[-2:])).items()]
     cols = 4
     rows = -(-len(tiles) // cols)
     aspect = image.shape[-1] / image.shape[-2]

@@ -156,12 +156,8 @@ def process_group(device: torch.device) -> Iterator[Context]:
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
 
 
 def convert_sync_batchnorm(model: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
@@ -184,9 +180,8 @@ def wrap(module: nn.Module, ctx: Context, device: torch.device, find_unused_para
     """
     if not ctx.enabled:
         return module
-    cuda = device.type == "cuda"
     options: dict[str, Any] = {"find_unused_parameters": find_unused_parameters}
-    if cuda:
+    if device.type == "cuda":
         options["device_ids"] = [device.index]
         # Newer torch renames the per-forward broadcast; the old name still works but warns.
         sync_key = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
@@ -204,10 +199,7 @@ def global_batch_loss(losses: Sequence[torch.Tensor], denominators: Sequence[tor
     mean loss (see the module docstring). Single process: ``sum_k L_k``.
     """
     if not ctx.enabled:
-        total: Any = 0.0
-        for loss in losses:
-            total = total + loss
-        return total
+        return sum(losses, 0.0)
     local = torch.stack([d.to(torch.float64) for d in denominators])
     total_d = local.clone()
     dist.all_reduce(total_d)

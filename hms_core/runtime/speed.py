@@ -66,9 +66,7 @@ class Speed:
         if self.amp != "fp16":
             return None
         # torch.amp.GradScaler("cuda") replaces torch.cuda.amp.GradScaler (deprecated since 2.4).
-        if hasattr(torch.amp, "GradScaler"):
-            return torch.amp.GradScaler(self.device.type)
-        return torch.cuda.amp.GradScaler()
+        return torch.amp.GradScaler(self.device.type)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move ``model`` to the device, in the channels-last layout when asked (in place)."""
