@@ -210,7 +210,7 @@ def test_windowed_prediction_averages_the_windows_over_each_pixel(hms, image):
 
 
 def _fitted_hms(tiny_meta: dict, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> HMS:
-    """An HMS fitted for 20 steps to ``images``. An untrained network predicts nearly the same
+    """An HMS fitted for 40 steps to ``images``. An untrained network predicts nearly the same
     logits at every pixel, so rounding alone decides its argmax; a fitted one is decisive, as a
     trained model is."""
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def _fitted_hms(tiny_meta: dict, images: torch.Tensor, labels: torch.Tensor, num
     optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
     size = tuple(labels.shape[-2:])
     ce = lambda logits: torch.nn.functional.cross_entropy(resize(logits, size), labels, ignore_index=255)
-    for _ in range(20):
+    for _ in range(40):
         outputs = multiscale_forward(model, images, SCALES)
         loss = ce(hierarchical_fusion(outputs)) + sum(ce(o.logits) for o in outputs.values())
         optimiser.zero_grad()

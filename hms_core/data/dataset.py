@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,14 +21,13 @@ from tqdm import tqdm
 
 from hms_core.data.fastpng import decode_rgb8
 from hms_core.data.labelmap import unmapped_ids
-from hms_core.data.labels import Grouping
+from hms_core.data.labels import IGNORE, Grouping
 from hms_core.data.resize import scaled_size
-from hms_core.io import atomic_write, write_json
+from hms_core.io import atomic_dir, atomic_write, write_json
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 CLASS_SUFFIX = "_classIds.png"
-IGNORE = 255
 # ImageNet statistics: the torchvision trunks (and their pretrained weights) expect them.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -52,10 +50,8 @@ def find_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
         if not d.is_dir():
             raise DataError(f"{d}: missing folder (expected the Cityscapes layout leftImg8bit/{split}/, "
                             f"gtFine/{split}/)")
-    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
-              for p in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))}
-    labels = {p.relative_to(label_dir).as_posix()[: -len(LABEL_SUFFIX)]: p
-              for p in sorted(label_dir.glob(f"*/*{LABEL_SUFFIX}"))}
+    images, labels = ({p.relative_to(d).as_posix()[: -len(suffix)]: p for p in d.glob(f"*/*{suffix}")}
+                      for d, suffix in ((image_dir, IMAGE_SUFFIX), (label_dir, LABEL_SUFFIX)))
     for stem in sorted(set(images) - set(labels)):
         raise DataError(f"{images[stem]}: image has no label {label_dir / (stem + LABEL_SUFFIX)}")
     for stem in sorted(set(labels) - set(images)):
@@ -130,18 +126,11 @@ def read_index(prepared: str | Path, split: str) -> list[dict[str, str]]:
 def prepare_dataset(root: str | Path, out_dir: str | Path, grouping: Grouping, splits: Sequence[str],
                     label_map: np.ndarray | None = None) -> dict[str, Any]:
     """Prepare every split into ``out_dir`` with ``meta.json``; the folder appears whole or not at all."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         stats = {split: prepare_split(root, split, tmp, grouping, label_map) for split in splits}
         meta = {"root": str(root), "grouping": grouping.mode, "classes": list(grouping.class_names),
                 "splits": stats}
         write_json(tmp / "meta.json", meta)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
@@ -364,9 +353,6 @@ class StreamSampler(torch.utils.data.Sampler):
         return max(0, self._count_below(self.stop) - self._count_below(self.start))
 
     def _positions(self):
-        if self.world_size == 1:
-            yield from range(self.start, self.stop)
-            return
         for block in range(self.start // self.batch, -(-self.stop // self.batch)):
             if block % self.world_size == self.rank:
                 yield from range(max(self.start, block * self.batch), min(self.stop, (block + 1) * self.batch))

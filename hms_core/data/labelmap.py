@@ -62,12 +62,8 @@ def class_label_ids(grouping: str) -> np.ndarray:
     ``trainid``: the label of each trainId; category modes: the representative
     label id of each category (:func:`category_label_ids`).
     """
-    names = build_grouping(grouping).class_names
-    if grouping == "trainid":
-        by_name = {l.name: l.id for l in official_labels()}
-        return np.array([by_name[n] for n in names], dtype=np.uint8)
-    representative = category_label_ids()
-    return np.array([representative[n] for n in names], dtype=np.uint8)
+    label_id = {l.name: l.id for l in official_labels()} if grouping == "trainid" else category_label_ids()
+    return np.array([label_id[n] for n in build_grouping(grouping).class_names], dtype=np.uint8)
 
 
 def class_colors(grouping: str) -> np.ndarray:
@@ -82,8 +78,7 @@ def _label_id(target: Any) -> int | None:
     if isinstance(target, int) and not isinstance(target, bool):
         return target if any(l.id == target for l in labels) else None
     if isinstance(target, str):
-        by_name = {l.name.lower(): l.id for l in labels}
-        return by_name.get(target.strip().lower())
+        return {l.name.lower(): l.id for l in labels}.get(target.strip().lower())
     return None
 
 

@@ -42,8 +42,7 @@ class Grouping:
 
     def unknown_ids(self, label_ids: np.ndarray) -> list[int]:
         """Label ids present in ``label_ids`` that the official table does not define."""
-        present = np.unique(label_ids)
-        return [int(i) for i in present if not self.known[i]]
+        return [int(i) for i in np.unique(label_ids) if not self.known[i]]
 
 
 def build_grouping(mode: str) -> Grouping:

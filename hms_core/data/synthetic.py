@@ -290,6 +290,7 @@ def generate_dataset(root: str | Path, split_sizes: dict[str, int], height: int,
     Returns {split: {"images": n, "label_pixel_fraction": {label_name: fraction}}}.
     """
     from cityscapesscripts.helpers.labels import id2label
+    from tqdm import tqdm
 
     _check_int("height", height, MIN_SIDE)
     _check_int("width", width, MIN_SIDE)
@@ -303,12 +304,7 @@ def generate_dataset(root: str | Path, split_sizes: dict[str, int], height: int,
         if not names or not all(isinstance(c, str) and c and not set(c) & set("_/\\") for c in names):
             raise ValueError(f"cities[{split!r}] must be a non-empty list of names without '_' or '/', "
                              f"got {names!r}")
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    bar = tqdm(total=sum(map(int, split_sizes.values())), desc="synthetic", file=sys.stderr) \
-        if tqdm is not None and progress else None
+    bar = tqdm(total=sum(map(int, split_sizes.values())), desc="synthetic", file=sys.stderr, disable=not progress)
     summary = {}
     for split, n in split_sizes.items():
         counts, names = np.zeros(256, np.int64), cities[split]
@@ -323,10 +319,8 @@ def generate_dataset(root: str | Path, split_sizes: dict[str, int], height: int,
                 out.mkdir(parents=True, exist_ok=True)
                 _save_png_atomic(array, out / f"{stem}_{suffix}.png")
             counts += np.bincount(labels.ravel(), minlength=256)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         fractions = {id2label[i].name: float(counts[i] / counts.sum()) for i in ALLOWED_LABEL_IDS}
         summary[split] = {"images": int(n), "label_pixel_fraction": fractions}
-    if bar is not None:
-        bar.close()
+    bar.close()
     return summary

@@ -49,9 +49,9 @@ import re
 import shlex
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 import yaml
@@ -163,8 +163,8 @@ def reference_rows(folder: Path, run: Run) -> Run:
         raise ReportError(f"{folder / REFERENCE_FILE}: expected the model and its training images")
     prefix = REFERENCE_PREFIX + info["model"].split("_")[0]
     metrics = {prefix + row[len("reference"):]: v for row, v in run.metrics.items() if row.startswith("reference")}
-    return Run(run.name, run.source, run.params, metrics, None, run.times,
-               dict.fromkeys(metrics, str(info["images"])), (run.source,))
+    return replace(run, metrics=metrics, costs=None, budgets=dict.fromkeys(metrics, str(info["images"])),
+                   references=(run.source,))
 
 
 def find_runs(root: Path, runs_dir: str = RUNS_DIR) -> list[Run]:
@@ -181,15 +181,13 @@ def find_runs(root: Path, runs_dir: str = RUNS_DIR) -> list[Run]:
     for i, r in enumerate(runs):
         place.setdefault((params_key(r.params), str(r.seed)), i)
     for ref in (reference_rows(d, r) for d, r in found if (d / REFERENCE_FILE).is_file()):
-        key = (params_key(ref.params), str(ref.seed))
-        if key not in place:   # no run of its own seed: its rows stand alone, joined by later references
-            place[key] = len(runs)
+        i = place.setdefault((params_key(ref.params), str(ref.seed)), len(runs))
+        if i == len(runs):   # no run of its own seed: its rows stand alone, joined by later references
             runs.append(ref)
-            continue
-        i = place[key]
-        r = runs[i]
-        runs[i] = Run(r.name, r.source, r.params, {**r.metrics, **ref.metrics}, r.costs, r.times,
-                      {**(r.budgets or {}), **(ref.budgets or {})}, r.references + ref.references)
+        else:
+            r = runs[i]
+            runs[i] = replace(r, metrics={**r.metrics, **ref.metrics}, budgets={**(r.budgets or {}), **ref.budgets},
+                              references=r.references + ref.references)
     return runs
 
 
@@ -198,8 +196,7 @@ def default_run(root: Path, params: dict[str, Any]) -> Run | None:
     folder = root / METRICS_DIR
     if not (folder / EVAL_FILE).is_file():
         return None
-    run = read_run(folder, DEFAULT_GROUP, root, params=params)
-    return Run(run.name, run.source, run.params, run.metrics, run.costs, None, run.budgets)
+    return replace(read_run(folder, DEFAULT_GROUP, root, params=params), times=None)
 
 
 # --------------------------------------------------------------------------- params
@@ -311,15 +308,11 @@ def scale_name(s: float) -> str:
     return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
 
 
-def chain_name(scales: Sequence[float]) -> str:
-    return "-".join(scale_name(s) for s in sorted(float(s) for s in scales))
-
-
 def headline_row(params: dict[str, Any]) -> str:
     """``hms_`` + the last chain of ``evaluate.hms_scales`` (the table's headline HMS row)."""
     try:
-        chains = params["evaluate"]["hms_scales"]
-        return HMS_PREFIX + chain_name(chains[-1])
+        chain = params["evaluate"]["hms_scales"][-1]
+        return HMS_PREFIX + "-".join(scale_name(s) for s in sorted(float(s) for s in chain))
     except (KeyError, IndexError, TypeError, ValueError):
         raise ReportError("params have no evaluate.hms_scales to name the headline HMS row") from None
 
@@ -475,13 +468,12 @@ def make_group(name: str, runs: Sequence[Run], metric: str = METRIC) -> Group:
 
 def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] = (DEFAULT_GROUP,)) -> list[Group]:
     """Group the runs whose params other than ``seed`` are equal, in the order of their first run."""
-    if not runs:
-        return []
-    frame = pd.DataFrame({"index": range(len(runs)), "key": [params_key(r.params) for r in runs]})
+    by_key: dict[str, list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(params_key(r.params), []).append(r)
     names = set(taken)
     groups = []
-    for _, part in frame.groupby("key", sort=False):
-        members = [runs[i] for i in part["index"]]
+    for members in by_key.values():
         name = group_name(members)
         unique, k = name, 2
         while unique in names:
@@ -493,6 +485,12 @@ def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] =
 
 # --------------------------------------------------------------------------- markdown
 
+def table_lines(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table: the line of ``head``, its rule, a line per row of cells."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
+
+
 def pct(stat: Stat, signed: bool = False) -> str:
     """A fraction's mean (± std from 2 runs) in percent, or a difference's in percentage points, 2 decimals."""
     text = f"{100 * stat.mean:{'+' if signed else ''}.2f}"
@@ -501,16 +499,16 @@ def pct(stat: Stat, signed: bool = False) -> str:
 
 def score_lines(s: Summary) -> list[str]:
     """Markdown: a line per row with N and each metric's :func:`pct`."""
-    lines = ["| row | N | " + " | ".join(f"{m} (%)" for m in s.metrics) + " |", "|---|---|" + "---|" * len(s.metrics)]
-    return lines + [f"| {row} | {len(s.seeds)} | " + " | ".join(pct(stats[m]) for m in s.metrics) + " |"
-                    for row, stats in s.rows.items()]
+    return table_lines(["row", "N", *(f"{m} (%)" for m in s.metrics)],
+                       ([row, str(len(s.seeds)), *(pct(stats[m]) for m in s.metrics)]
+                        for row, stats in s.rows.items()))
 
 
 def difference_lines(s: Summary) -> list[str]:
     """Markdown: a line per :class:`Difference`, its N, mean ± std in percentage points, the wins (and ties)."""
-    lines = [f"| {s.hms} minus | N | Δ {s.metric} (pp) | wins (d_i > 0) |", "|---|---|---|---|"]
-    return lines + [f"| {d.row} | {d.stat.n} | {pct(d.stat, signed=True)} | {d.wins}/{d.stat.n}"
-                    + (f" ({d.ties} tie{'s' if d.ties > 1 else ''})" if d.ties else "") + " |" for d in s.differences]
+    return table_lines([f"{s.hms} minus", "N", f"Δ {s.metric} (pp)", "wins (d_i > 0)"],
+                       ([d.row, str(d.stat.n), pct(d.stat, signed=True), f"{d.wins}/{d.stat.n}"
+                         + (f" ({d.ties} tie{'s' if d.ties > 1 else ''})" if d.ties else "")] for d in s.differences))
 
 
 def _seeds_text(group: Group) -> str:
@@ -521,11 +519,11 @@ def _seeds_text(group: Group) -> str:
 
 
 def difference_table(group: Group) -> list[str]:
-    """The paired differences of the headline row minus every other row, as markdown lines (none
-    when the headline row is missing)."""
+    """The paired differences of the headline row minus every other row, as markdown lines after a blank
+    one (none when the headline row is missing)."""
     if not group.summary.differences:
         return []
-    return [f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
+    return ["", f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
             "wins: the runs with d_i > 0.", "", *difference_lines(group.summary)]
 
 
@@ -536,30 +534,21 @@ def _fmt(value: Any, scale: float, digits: int) -> str:
 def default_tables(run: Run) -> list[str]:
     """The default run's full table (scores, and costs when present) and its IoU per class."""
     costs = run.costs or {}
-    with_costs = bool(costs)
-    head = "| row | mIoU (%) | pixel acc (%) | mean class acc (%) |"
-    rule = "|---|---|---|---|"
-    if with_costs:
-        head += " params (M) | ms/image | peak MB |"
-        rule += "---|---|---|"
-    lines = [head, rule]
-    classes: list[str] = []
-    for row, m in run.metrics.items():
-        if not isinstance(m, dict):
-            continue
-        cells = [_fmt(m.get("mIoU"), 100, 2), _fmt(m.get("pixel_acc"), 100, 2), _fmt(m.get("mean_class_acc"), 100, 2)]
-        if with_costs:
+    rows = {row: m for row, m in run.metrics.items() if isinstance(m, dict)}
+    head = ["row", "mIoU (%)", "pixel acc (%)", "mean class acc (%)"]
+    cells = {row: [row, _fmt(m.get("mIoU"), 100, 2), _fmt(m.get("pixel_acc"), 100, 2),
+                   _fmt(m.get("mean_class_acc"), 100, 2)] for row, m in rows.items()}
+    if costs:
+        head += ["params (M)", "ms/image", "peak MB"]
+        for row in rows:
             c = costs.get(row) or {}
-            cells += [_fmt(c.get("params"), 1e-6, 2), _fmt(c.get("ms_per_image"), 1, 1), _fmt(c.get("peak_mem_mb"), 1, 1)]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-        classes += [c for c in (m.get("iou") or {}) if c not in classes]
+            cells[row] += [_fmt(c.get("params"), 1e-6, 2), _fmt(c.get("ms_per_image"), 1, 1),
+                           _fmt(c.get("peak_mem_mb"), 1, 1)]
+    lines = table_lines(head, cells.values())
+    classes = list(dict.fromkeys(c for m in rows.values() for c in (m.get("iou") or {})))
     if classes:
-        lines += ["", "IoU per class (%):", "", "| row | " + " | ".join(classes) + " |",
-                  "|---|" + "---|" * len(classes)]
-        for row, m in run.metrics.items():
-            if isinstance(m, dict):
-                iou = m.get("iou") or {}
-                lines.append(f"| {row} | " + " | ".join(_fmt(iou.get(c), 100, 2) for c in classes) + " |")
+        lines += ["", "IoU per class (%):", "", *table_lines(["row", *classes], (
+            [row, *(_fmt((m.get("iou") or {}).get(c), 100, 2) for c in classes)] for row, m in rows.items()))]
     return lines
 
 
@@ -672,9 +661,7 @@ def markdown(report: Report) -> str:
                       + ". The tables below are of that run; `dvc repro`, then this report, brings them up "
                       "to date.", ""]
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
-        lines += default_tables(run)
-        diff = difference_table(g)
-        lines += ([""] + diff if diff else []) + [""]
+        lines += default_tables(run) + difference_table(g) + [""]
     lines += [f"## Runs in `{report.runs_dir}/`", ""]
     if not report.groups:
         lines += [f"No run folders yet. A run folder `{report.runs_dir}/<name>/` holds the run's `{EVAL_FILE}` "
@@ -690,12 +677,10 @@ def markdown(report: Report) -> str:
                   f"{_seeds_text(g)}; runs " + ", ".join(f"`{r.source}`" for r in g.runs)
                   + (f", the `{REFERENCE_PREFIX}*` rows from {', '.join(refs)}" if refs else "") + f". {same}.", ""]
         lines += [f"- {n}" for n in g.notes] + ([""] if g.notes else [])
-        diff = difference_table(g)
-        lines += score_lines(g.summary) + ([""] + diff if diff else []) + [""]
-        budgets = g.budgets
-        if budgets:
-            lines += ["Training images of the weights each row runs (train + fine-tune):", "", "| row | images |",
-                      "|---|---|", *[f"| {row} | {b} |" for row, b in budgets.items()], ""]
+        lines += score_lines(g.summary) + difference_table(g) + [""]
+        if g.budgets:
+            lines += ["Training images of the weights each row runs (train + fine-tune):", "",
+                      *table_lines(["row", "images"], g.budgets.items()), ""]
     if report.pairs:
         lines += ["## Groups compared seed by seed", "", f"Listed in `{report.runs_dir}/{PAIRS_FILE}`. Per row, "
                   "d_s = group_s - baseline_s for each seed s of both, in percentage points; mean ± sample std "
@@ -703,12 +688,11 @@ def markdown(report: Report) -> str:
     for name, base in report.pairs:
         d = paired_groups(report.group(name), report.group(base))
         seeds = [c for c in d.columns if c not in ("mean", "std", "wins")]
-        lines += [f"### {name} minus {base}", "", "| row | " + " | ".join(f"seed {s}" for s in seeds)
-                  + " | mean | wins |", "|---|" + "---|" * (len(seeds) + 2)]
-        lines += [f"| {row} | " + " | ".join(f"{v[s]:+.2f}" for s in seeds) + f" | {v['mean']:+.2f}"
-                  + (f" ± {v['std']:.2f}" if len(seeds) > 1 else "") + f" | {int(v['wins'])}/{len(seeds)} |"
-                  for row, v in d.iterrows()]
-        lines.append("")
+        cells = ([row, *(f"{v[s]:+.2f}" for s in seeds),
+                  f"{v['mean']:+.2f}" + (f" ± {v['std']:.2f}" if len(seeds) > 1 else ""),
+                  f"{int(v['wins'])}/{len(seeds)}"] for row, v in d.iterrows())
+        lines += [f"### {name} minus {base}", "",
+                  *table_lines(["row", *(f"seed {s}" for s in seeds), "mean", "wins"], cells), ""]
     if report.groups:
         lines += ["## How to reproduce each run", "",
                   f"Each command sets the params in which the run differs from the repository's `{PARAMS_FILE}` "
@@ -743,16 +727,16 @@ def readme_table(report: Report, name: str | None = None) -> str:
     with_n = set(counts.values()) != {g.n}
     head = ["row", f"{METRIC} (%)", *["N"] * with_n, "Δ (pp)", "wins",
             *["training images (train + fine-tune)"] * bool(budgets)]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     diffs = {d.row: d for d in g.summary.differences}
+    cells = []
     for row, stats in g.summary.rows.items():
         if row in diffs:
             delta, wins = pct(diffs[row].stat, signed=True), f"{diffs[row].wins}/{diffs[row].stat.n}"
         else:
             delta, wins = ("headline", "") if row == g.headline else ("-", "")
-        cells = [pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
-                 *[budgets.get(row, "-")] * bool(budgets)]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        cells.append([row, pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
+                      *[budgets.get(row, "-")] * bool(budgets)])
+    lines += table_lines(head, cells)
     if any(len(values) > 1 for values in budget_values(g.runs).values()):
         lines += ["", "Training images a / b: the runs' `table.csv` files disagree (`docs/results.md` names the runs)."]
     return "\n".join(lines) + "\n"
