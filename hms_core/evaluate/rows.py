@@ -52,16 +52,6 @@ class Row:
     flip: bool = False
 
 
-def single_rows(scales: Sequence[float]) -> dict[str, float]:
-    """Row name -> scale of each single-scale row (``scale_0.5``, ...), in ascending scale order."""
-    return {f"scale_{scale_name(s)}": float(s) for s in sorted(scales)}
-
-
-def hms_rows(hms_scales: Sequence[Sequence[float]]) -> dict[str, Sequence[float]]:
-    """Row name -> scale chain of each HMS row (``hms_0.5-1.0``, ...)."""
-    return {"hms_" + chain_name(chain): chain for chain in hms_scales}
-
-
 def headline_chain(hms_scales: Sequence[Sequence[float]]) -> tuple[float, ...]:
     """The chain of the table's headline HMS row: the last of ``evaluate.hms_scales`` (the row the
     official check scores, and the scales of the TTA and control rows)."""
@@ -78,15 +68,12 @@ def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]],
     ``flip`` (``evaluate.flip``) mirrors every row; the TTA-with-flip row is then the TTA row.
     """
     every = tuple(sorted(float(s) for s in scales))
-    specs = {name: Row("single", (s,), flip) for name, s in single_rows(scales).items()}
+    chains = [tuple(sorted(float(s) for s in chain)) for chain in hms_scales]
+    specs = {f"scale_{scale_name(s)}": Row("single", (s,), flip) for s in every}
     specs.update({"avg": Row("avg", every, flip), "max": Row("max", every, flip)})
-    for chain in hms_scales:
-        chain = tuple(sorted(float(s) for s in chain))
-        if chain != every:
-            specs["avg_" + chain_name(chain)] = Row("avg", chain, flip)
+    specs.update({"avg_" + chain_name(chain): Row("avg", chain, flip) for chain in chains if chain != every})
     specs.update(tta_rows(headline_chain(hms_scales), flip))
-    specs.update({name: Row("hms", tuple(sorted(float(s) for s in chain)), flip)
-                  for name, chain in hms_rows(hms_scales).items()})
+    specs.update({"hms_" + chain_name(chain): Row("hms", chain, flip) for chain in chains})
     if explicit_scales is not None:
         specs["explicit_" + chain_name(explicit_scales)] = Row("explicit", tuple(explicit_scales), flip)
     return specs
@@ -182,7 +169,7 @@ def predict_rows(model: HMS, image: torch.Tensor, rows: dict[str, Row], explicit
         else:
             scores[name] = resize(hierarchical_fusion({s: out[s] for s in row.scales}), size)
     hms_pass = next((passes[_pass_key(model, r)] for r in rows.values() if r.kind == "hms"),
-                    passes.get((None, False), {}))
+                    passes.get(own, {}))
     return scores, hms_pass
 
 
@@ -204,7 +191,7 @@ def window_starts(length: int, window: int) -> list[int]:
     if length <= window:
         return [0]
     step = max(1, 2 * window // 3)
-    return sorted(set(range(0, length - window, step)) | {length - window})
+    return [*range(0, length - window, step), length - window]
 
 
 @torch.no_grad()
@@ -345,7 +332,7 @@ def results(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str,
     for name, cm in cms.items():
         s = scores(cm)
         out[name] = {"mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"], "mean_class_acc": s["mean_class_acc"],
-                     "iou": {c: v for c, v in zip(class_names, s["iou"])}}
+                     "iou": dict(zip(class_names, s["iou"]))}
     return out
 
 

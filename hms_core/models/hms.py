@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hms_core.data.labels import IGNORE
 from hms_core.data.resize import resize, resize_image, scaled_size
 from hms_core.io import load_checkpoint
 from hms_core.models.heads import AttentionHead
@@ -32,7 +33,6 @@ from hms_core.models.segmodel import SegModel, build_seg_model
 
 MODES = ("experts", "shared")
 SHARED = "shared"
-IGNORE_INDEX = 255
 
 
 def scale_key(scale: float) -> str:
@@ -90,8 +90,7 @@ def hms_pair_loss(joint: torch.Tensor, p_lo: torch.Tensor, p_hi: torch.Tensor, t
                   aux_weight: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Two-scale training loss: ``CE(joint) + w * (CE(up(p_lo)) + CE(p_hi))``, ignore index 255."""
     size = tuple(target.shape[-2:])
-    ce = lambda logits: F.cross_entropy(resize(logits, size), target, weight=class_weights,
-                                        ignore_index=IGNORE_INDEX)
+    ce = lambda logits: F.cross_entropy(resize(logits, size), target, weight=class_weights, ignore_index=IGNORE)
     return ce(joint) + aux_weight * (ce(p_lo) + ce(p_hi))
 
 

@@ -84,8 +84,9 @@ def transplant(meta: dict[str, Any], source_paths: dict[float, str | Path],
     for scale, (path, ckpt) in sorted(sources.items()):
         used = sum(1 for s, _ in mapping.values() if s == scale)
         if used:
-            n = sum(ckpt["state_dict"][k].numel() for k in ckpt["state_dict"])
-            report.append(f"  {path}: {used} tensors, {n:,} values -> branches.{scale_key(scale) if meta['mode'] != SHARED else SHARED}")
+            n = sum(t.numel() for t in ckpt["state_dict"].values())
+            branch = SHARED if meta["mode"] == SHARED else scale_key(scale)
+            report.append(f"  {path}: {used} tensors, {n:,} values -> branches.{branch}")
     att = sum(p.numel() for p in model.attention.parameters())
     report.append(f"  attention heads {list(model.attention)}: {att:,} parameters, newly initialised")
     return model, report
@@ -108,8 +109,7 @@ def transplant_experts(params: dict[str, Any], experts_dir: str | Path, model_cl
     Returns the model (its ``meta``: architecture, mode, scales, the experts'
     training steps and epochs) and the report lines.
     """
-    scales = sorted(float(s) for s in params["scales"])
-    paths = {s: Path(experts_dir) / f"scale_{s}" / "model.pt" for s in scales}
+    paths = {s: Path(experts_dir) / f"scale_{s}" / "model.pt" for s in sorted(float(s) for s in params["scales"])}
     for s, p in paths.items():
         if not p.is_file():
             raise FileNotFoundError(f"{p}: expert of scale {s} not found (run the train stage)")
