@@ -9,10 +9,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from hms_core.tools.main import main
 from hms_core.data.dataset import DataError, find_pairs, prepare_split, read_index
 from hms_core.data.labelmap import load_label_map
 from hms_core.data.labels import build_grouping
+from hms_core.tools.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "Road", "car", "Traffic_Light", "tree"]

@@ -188,8 +188,9 @@ def test_predict_on_val_images(repo, tmp_path):
     images = sorted((repo / "data" / "raw" / "synthetic" / "leftImg8bit" / "val").rglob("*.png"))[:2]
     assert len(images) == 2
     out = tmp_path / "pred"
-    run_command([sys.executable, "-m", "hms_core.tools.main", "predict", *map(str, images), "--model", "models/hms/model.pt",
-          "--scales", "0.5", "1.0", "2.0", "--out", str(out), "--device", "cpu"], repo)
+    run_command([sys.executable, "-m", "hms_core.tools.main", "predict", *map(str, images),
+                 "--model", "models/hms/model.pt", "--scales", "0.5", "1.0", "2.0", "--out", str(out),
+                 "--device", "cpu"], repo)
     for image in images:
         with Image.open(image) as im:
             size = im.size

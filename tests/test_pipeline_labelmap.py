@@ -47,9 +47,9 @@ def own_dataset(dst: Path) -> Path:
 def convert(src: Path, repo: Path) -> None:
     """Convert both splits into ``repo/mydata`` and complete the label-map skeleton."""
     for split in ("train", "val"):
-        run_command([sys.executable, "-m", "hms_core.tools.main", "convert", "--images", str(src / "images" / split), "--masks",
-              str(src / "masks" / split), "--classes", str(src / "classes.txt"), "--out", DATA, "--split", split],
-             repo)
+        run_command([sys.executable, "-m", "hms_core.tools.main", "convert", "--images", str(src / "images" / split),
+                     "--masks", str(src / "masks" / split), "--classes", str(src / "classes.txt"), "--out", DATA,
+                     "--split", split], repo)
     label_map = repo / DATA / "label_map.yaml"
     text = label_map.read_text()
     assert "  4: null" in text and "  5: null" in text  # Tree and Unlabelled are not official names

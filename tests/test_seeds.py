@@ -265,7 +265,8 @@ def test_real_dvc_experiments(tmp_path):
 
     proc = _run(seeds_cmd, repo, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        "hms seeds: error: no finished experiments (run e.g. `dvc exp run --queue -S seed=0` ... and `dvc queue start`)"]
+        "hms seeds: error: no finished experiments (run e.g. `dvc exp run --queue -S seed=0` ... and "
+        "`dvc queue start`)"]
 
     for seed in (0, 1, 2):
         _run(["dvc", "exp", "run", "-q", "-S", f"seed={seed}"], repo)
