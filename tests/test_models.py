@@ -72,7 +72,6 @@ def test_attention_head_ends_in_sigmoid_of_one_channel_or_softmax_over_scales():
 def test_live_tap_convolution_equals_the_full_one(kernel, dilation, size, live_taps):
     """Skipping the taps that only read padding changes neither the output nor any gradient, and the
     convolution costs live_taps / kernel**2 of the full one's FLOPs."""
-
     torch.manual_seed(0)
     full = torch.nn.Conv2d(6, 6, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=2)
     live = skip_dead_taps(torch.nn.Sequential(copy.deepcopy(full)))[0]

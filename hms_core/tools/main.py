@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = COMMANDS.get(name) if name is not None else None
     parser = build_parser(name if cmd else None)
     rest: list[str] = []
-    if cmd is not None and cmd.rest is not None and "--" in argv[argv.index(name):]:
-        cut = argv.index("--", argv.index(name))
+    if cmd is not None and cmd.rest is not None and "--" in argv[(start := argv.index(name)):]:
+        cut = argv.index("--", start)
         argv, rest = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)  # -h, --version, an unknown command: argparse exits here
     if args.command is None:
@@ -95,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         text = " ".join(str(exc).split())
-        if not isinstance(exc, USER_ERRORS):
-            text = f"{type(exc).__name__}{': ' * bool(text)}{text} ({PROG} --traceback {args.command} ... shows where)"
+        if not isinstance(exc, USER_ERRORS):   # unexpected: its type, and where to see the traceback
+            kind = f"{type(exc).__name__}: " if text else type(exc).__name__
+            text = f"{kind}{text} ({PROG} --traceback {args.command} ... shows where)"
         print(f"{prog}: error: {text}", file=sys.stderr)
         return 1
 
