@@ -204,9 +204,9 @@ def _check_architecture(params: dict[str, Any]) -> None:
             _fail("pretrained", f"none, imagenet or a state-dict file under {PRETRAINED_DIR}/ (e.g. "
                   f"{PRETRAINED_DIR}/resnet50.pt; the train stages depend on that folder, so that new weights "
                   f"rerun them)", pretrained)
-    if params["trunk"] in MIT_TRUNKS and params["pretrained"] == PRETRAINED_IMAGENET:
+    if params["trunk"] in MIT_TRUNKS and pretrained == PRETRAINED_IMAGENET:
         _fail("pretrained", f"none or a path to a state dict for trunk {params['trunk']} (torchvision has no "
-              f"ImageNet file for it, and nothing is downloaded)", params["pretrained"])
+              f"ImageNet file for it, and nothing is downloaded)", pretrained)
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:
@@ -215,9 +215,8 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     _check_architecture(params)
     scales = {float(s) for s in params["scales"]}
     hms = params["hms"]
-    if hms["mode"] == "shared":
-        if float(hms["shared_source_scale"]) not in scales:
-            _fail("hms.shared_source_scale", f"one of scales {sorted(scales)}", hms["shared_source_scale"])
+    if hms["mode"] == "shared" and float(hms["shared_source_scale"]) not in scales:
+        _fail("hms.shared_source_scale", f"one of scales {sorted(scales)}", hms["shared_source_scale"])
     for i, chain in enumerate(params["evaluate"]["hms_scales"]):
         if hms["mode"] == "experts" and any(nearest_expert(scales, s) is None for s in chain):
             _fail(f"evaluate.hms_scales[{i}]", f"scales of experts {sorted(scales)}, or scales without an "

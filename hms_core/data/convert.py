@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from hms_core.data.dataset import IMAGE_SUFFIX, LABEL_SUFFIX
-from hms_core.data.labelmap import official_labels
+from hms_core.data.labels import official_labels
 from hms_core.io import atomic_write, write_text
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

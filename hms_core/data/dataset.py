@@ -70,6 +70,12 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt PNG ({exc})") from None
 
 
+def _check_size(label: str | Path, label_hw: tuple[int, ...], image: str | Path, image_hw: tuple[int, ...]) -> None:
+    if label_hw != image_hw:
+        raise DataError(f"{label}: label size {label_hw[::-1]} differs from its image {image} "
+                        f"size {image_hw[::-1]} (width, height)")
+
+
 def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: Grouping,
                   label_map: np.ndarray | None = None) -> dict[str, Any]:
     """Group the label ids of ``split`` and write class-id PNGs plus ``{split}.json``.
@@ -87,10 +93,7 @@ def prepare_split(root: str | Path, split: str, out_dir: str | Path, grouping: G
         label_ids = _read_png(label_path, "L")
         # Decoding the whole image, not just its header, finds truncated files now
         # rather than hours into training.
-        image_size = _read_png(image_path, "RGB").shape[:2]
-        if label_ids.shape != image_size:
-            raise DataError(f"{label_path}: label size {label_ids.shape[::-1]} differs from its image "
-                            f"{image_path} size {image_size[::-1]} (width, height)")
+        _check_size(label_path, label_ids.shape, image_path, _read_png(image_path, "RGB").shape[:2])
         if label_map is not None:
             unmapped = unmapped_ids(label_map, label_ids)
             if unmapped:
@@ -168,9 +171,7 @@ def load_pair(entry: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     if image is None:
         image = torch.from_numpy(_read_png(Path(entry["image"]), "RGB").copy()).permute(2, 0, 1)
     label = torch.from_numpy(_read_png(Path(entry["label"]), "L").copy())
-    if tuple(image.shape[-2:]) != tuple(label.shape):
-        raise DataError(f"{entry['label']}: label size {tuple(label.shape)[::-1]} differs from its image "
-                        f"{entry['image']} size {tuple(image.shape[-2:])[::-1]} (width, height)")
+    _check_size(entry["label"], tuple(label.shape), entry["image"], tuple(image.shape[-2:]))
     return image, label
 
 
@@ -251,8 +252,7 @@ def crop_image(image: torch.Tensor, plan: CropPlan) -> torch.Tensor:
     # PIL refuses a box past the image by a rounding error: clamp to the window.
     box = (sx * plan.left - x0, sy * plan.top - y0,
            min(sx * (plan.left + cols), x1) - x0, min(sy * (plan.top + rows), y1) - y0)
-    out = np.empty((plan.crop, plan.crop, 3), dtype=np.uint8)
-    out[...] = PAD_RGB
+    out = np.full((plan.crop, plan.crop, 3), PAD_RGB, dtype=np.uint8)
     out[:rows, :cols] = np.asarray(window.resize((cols, rows), Image.Resampling.BILINEAR, box=box))
     return torch.from_numpy(out).permute(2, 0, 1)
 
@@ -285,7 +285,7 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, scale: floa
     """Paired training transform of uint8 ``[3, h, w]`` and ``[h, w]``: resize by ``scale * U(jitter)``,
     random ``crop x crop`` crop, random flip (:func:`draw_crop`); uint8 out.
 
-    Geometrically the crop of the whole image resized by :func:`hms_core.models.segmodel.resize_image`
+    Geometrically the crop of the whole image resized by :func:`hms_core.data.resize.resize_image`
     (bilinear, antialiased when shrinking: the resize of inference too) and of the label
     resized by nearest neighbour, padded with the mean colour and 255 where the resized
     image is smaller than the crop. Only the source window under the crop is resized: at

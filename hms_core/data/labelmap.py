@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
-from hms_core.data.labels import CATEGORY_NAMES, build_grouping
+from hms_core.data.labels import CATEGORY_NAMES, build_grouping, official_labels
 from hms_core.io import read_yaml
 
 TARGETS = ("labelIds", "category")
@@ -34,11 +33,6 @@ UNMAPPED = 255
 
 class LabelMapError(ValueError):
     """A label-map file that cannot be read or does not define a valid map."""
-
-
-def official_labels() -> list:
-    """Official labels that can appear in label images (the license plate, id -1, never does)."""
-    return [label for label in CITYSCAPES_LABELS if 0 <= label.id < 256]
 
 
 def category_label_ids() -> dict[str, int]:

@@ -23,6 +23,11 @@ IGNORE = 255
 CATEGORY_NAMES = ("void", "flat", "construction", "object", "nature", "sky", "human", "vehicle")
 
 
+def official_labels() -> list:
+    """Official labels that can appear in label images (the license plate, id -1, never does)."""
+    return [label for label in CITYSCAPES_LABELS if 0 <= label.id < 256]
+
+
 @dataclass(frozen=True)
 class Grouping:
     """A label-id -> class-id lookup table and the names of the scored classes."""
@@ -51,9 +56,7 @@ def build_grouping(mode: str) -> Grouping:
         raise ValueError(f"data.grouping: unknown mode {mode!r}; expected one of {', '.join(GROUPINGS)}")
     lut = np.full(256, IGNORE, dtype=np.uint8)
     known = np.zeros(256, dtype=bool)
-    for label in CITYSCAPES_LABELS:
-        if not 0 <= label.id < 256:  # the license plate (-1) never appears in label images
-            continue
+    for label in official_labels():
         known[label.id] = True
         if mode == "category":
             if label.categoryId != 0 and not label.ignoreInEval:
@@ -69,5 +72,5 @@ def build_grouping(mode: str) -> Grouping:
     else:
         by_train_id = {l.trainId: l.name for l in CITYSCAPES_LABELS if 0 <= l.trainId < IGNORE}
         names = tuple(by_train_id[i] for i in range(len(by_train_id)))
-    return Grouping(mode, lut, known, tuple(names))
+    return Grouping(mode, lut, known, names)
 

@@ -21,13 +21,14 @@ Pure numpy + Pillow. Every image gets its own generator derived from (seed, spli
 """
 from __future__ import annotations
 
-import os
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from hms_core.io import atomic_write
 
 EGO, STATIC, ROAD, SIDEWALK, BUILDING, WALL, FENCE = 1, 4, 7, 8, 11, 12, 13
 POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = 17, 19, 20, 21, 22, 23
@@ -268,17 +269,6 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _save_png_atomic(array: np.ndarray, path: Path) -> None:
-    """Write to a temporary name in the same folder, then os.replace (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        # HxWx3 uint8 -> RGB, HxW uint8 -> L; level 1: the noisy images barely compress further
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def generate_dataset(root: str | Path, split_sizes: dict[str, int], height: int, width: int, seed: int,
                      cities: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
     """Write a synthetic data set in the Cityscapes layout and return a summary.
@@ -315,9 +305,9 @@ def generate_dataset(root: str | Path, split_sizes: dict[str, int], height: int,
             image, labels, _, _ = _render_scene(rng, height, width)
             for folder, suffix, array in (("leftImg8bit", "leftImg8bit", image),
                                           ("gtFine", "gtFine_labelIds", labels)):
-                out = Path(root) / folder / split / city
-                out.mkdir(parents=True, exist_ok=True)
-                _save_png_atomic(array, out / f"{stem}_{suffix}.png")
+                # HxWx3 uint8 -> RGB, HxW uint8 -> L; level 1: the noisy images barely compress further
+                atomic_write(Path(root) / folder / split / city / f"{stem}_{suffix}.png",
+                             lambda f: Image.fromarray(array).save(f, format="PNG", compress_level=1))
             counts += np.bincount(labels.ravel(), minlength=256)
             bar.update(1)
         fractions = {id2label[i].name: float(counts[i] / counts.sum()) for i in ALLOWED_LABEL_IDS}

@@ -56,9 +56,11 @@ def prediction_name(image_path: str | Path) -> str:
     return f"{image_path.parent.name}/{stem}{CLASS_SUFFIX}"
 
 
-def write_label_ids(pred: np.ndarray, path: str | Path, grouping: Grouping) -> None:
-    """Write class ids ``pred`` [H, W] as an official label-id PNG."""
-    Image.fromarray(class_label_ids(grouping.mode)[pred]).save(path)
+def _save_png(array: np.ndarray, path: Path) -> Path:
+    """Write ``array`` [H, W] as a PNG at ``path``, making its folder first; return ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
 
 
 def check_official_mode(grouping: Grouping) -> None:
@@ -103,9 +105,7 @@ class PredictionWriter:
         if not 0 <= index < len(self.names):
             raise ValueError(f"{self.out_dir}: prediction for image {index}, but there are "
                              f"{len(self.names)} val images")
-        path = self.tmp / self.names[index]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(pred).astype(np.uint8)).save(path)
+        _save_png(np.asarray(pred).astype(np.uint8), self.tmp / self.names[index])
         self.written.add(index)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -158,10 +158,7 @@ def map_ground_truth(gt_files: Sequence[str | Path], label_map: np.ndarray, out_
         unmapped = unmapped_ids(label_map, ids)
         if unmapped:
             raise ValueError(f"{gt}: ids {unmapped} have no entry in the label map (data.label_map)")
-        mapped = Path(out_dir) / gt.parent.name / gt.name
-        mapped.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(label_map[ids]).save(mapped)
-        out.append(mapped)
+        out.append(_save_png(label_map[ids], Path(out_dir) / gt.parent.name / gt.name))
     return out
 
 
@@ -215,13 +212,12 @@ def _evaluator_error(console: str, gt_files: Sequence[str | Path], known_ids: Se
     return message
 
 
-def compare(ours: dict, official: dict[str, float]) -> float:
-    """Largest absolute difference between our row (``results()`` format) and the official scores.
+def compare(ours: dict[str, float], official: dict[str, float]) -> float:
+    """Largest absolute difference between our scores and the official ones, both ``{name: score}``.
 
     A score that is NaN (class absent) on one side only counts as an infinite difference.
     """
-    pairs = [(ours["iou"][name], v) for name, v in official.items() if name != "mIoU"]
-    pairs.append((ours["mIoU"], official["mIoU"]))
+    pairs = [(ours[name], v) for name, v in official.items()]
     diffs = [0.0 if math.isnan(a) and math.isnan(b) else math.inf if math.isnan(a) or math.isnan(b)
              else abs(a - b) for a, b in pairs]
     return float(max(diffs))
@@ -239,9 +235,7 @@ def _label_id_predictions(folder: Path, entries: Sequence[dict], grouping: Group
         if pred.ndim != 2 or pred.max(initial=0) >= grouping.num_classes:
             raise ValueError(f"{source}: expected class ids 0..{grouping.num_classes - 1} of {grouping.mode}")
         path = out_dir / entry["prediction"].replace(CLASS_SUFFIX, "_labelIds.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_label_ids(pred, path, grouping)
-        out.append(path)
+        out.append(_save_png(class_label_ids(grouping.mode)[pred], path))  # class ids -> official label ids
     return out
 
 
@@ -273,7 +267,7 @@ def official_check(predictions: str | Path, eval_json: str | Path, grouping: str
                          f"is {grouping!r}; rerun the pipeline")
     g = build_grouping(grouping)
     check_official_mode(g)
-    ours = _row_scores(Path(eval_json), index["row"])
+    row = _row_scores(Path(eval_json), index["row"])
     entries = index["predictions"]
     with tempfile.TemporaryDirectory(prefix="hms_official_") as tmp:
         pred_files = _label_id_predictions(folder, entries, g, Path(tmp) / "pred")
@@ -284,10 +278,10 @@ def official_check(predictions: str | Path, eval_json: str | Path, grouping: str
         if label_map is not None:
             gt_files = map_ground_truth(gt_files, label_map, Path(tmp) / "gt")
         official = official_scores(pred_files, gt_files, g)
+    ours = {**{k: row["iou"][k] for k in official if k != "mIoU"}, "mIoU": row["mIoU"]}
     diff = compare(ours, official)
     return {"enabled": True, "row": index["row"], "grouping": grouping, "label_mapped": label_map is not None,
-            "official": official,
-            "ours": {**{k: ours["iou"][k] for k in official if k != "mIoU"}, "mIoU": ours["mIoU"]},
+            "official": official, "ours": ours,
             "max_abs_diff": diff, "tolerance": tolerance, "agreement": bool(diff <= tolerance)}
 
 

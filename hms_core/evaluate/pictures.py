@@ -28,11 +28,11 @@ IGNORE_COLOUR = (0, 0, 0)
 
 
 def colourise(classes: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Class ids [H, W] -> official Cityscapes colours [H, W, 3]; 255 (ignored) is black."""
+    """Class ids [H, W] (taken as uint8) -> official Cityscapes colours [H, W, 3]; 255 (ignored) is black."""
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[: len(colours)] = colours
     lut[255] = IGNORE_COLOUR
-    return lut[classes]
+    return lut[classes.astype(np.uint8)]
 
 
 def _save(fig: plt.Figure, path: str | Path) -> None:
@@ -53,8 +53,8 @@ def prediction_panel(model: HMS, image: torch.Tensor, label: torch.Tensor, group
         scores, outputs = predict_rows(model, speed.to_device(image[None]), rows, explicit)
     colours = class_colors(grouping.mode)
     shown = np.clip((image * STD + MEAN).permute(1, 2, 0).numpy(), 0, 1)
-    tiles = [("image", shown, None), ("ground truth", colourise(label.numpy().astype(np.uint8), colours), None)]
-    tiles += [(method_label(name), colourise(score[0].argmax(0).cpu().numpy().astype(np.uint8), colours), None)
+    tiles = [("image", shown, None), ("ground truth", colourise(label.numpy(), colours), None)]
+    tiles += [(method_label(name), colourise(score[0].argmax(0).cpu().numpy(), colours), None)
               for name, score in scores.items()]
     tiles += [(f"attention a_{s:g}", a[0, 0].cpu().numpy(), "magma")
               for s, a in attention_maps(outputs, tuple(image.shape[-2:])).items()]

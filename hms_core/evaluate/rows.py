@@ -25,15 +25,7 @@ from hms_core.evaluate.metrics import IGNORE, confusion_counts, scores
 from hms_core.models.hms import HMS, hierarchical_fusion, nearest_expert
 from hms_core.models.multiscale import ScaleOutput, multiscale_forward
 from hms_core.runtime.speed import Speed
-
-
-def scale_name(s: float) -> str:
-    return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
-
-
-def chain_name(scales: Sequence[float]) -> str:
-    """``[1.0, 0.5]`` -> ``"0.5-1.0"``: the scales of a row, ascending."""
-    return "-".join(scale_name(s) for s in sorted(float(s) for s in scales))
+from hms_core.text import chain_name, scale_name, table_lines
 
 
 @dataclass(frozen=True)
@@ -72,17 +64,17 @@ def row_specs(scales: Sequence[float], hms_scales: Sequence[Sequence[float]],
     specs = {f"scale_{scale_name(s)}": Row("single", (s,), flip) for s in every}
     specs.update({"avg": Row("avg", every, flip), "max": Row("max", every, flip)})
     specs.update({"avg_" + chain_name(chain): Row("avg", chain, flip) for chain in chains if chain != every})
-    specs.update(tta_rows(headline_chain(hms_scales), flip))
+    specs.update(tta_rows(hms_scales, flip))
     specs.update({"hms_" + chain_name(chain): Row("hms", chain, flip) for chain in chains})
     if explicit_scales is not None:
         specs["explicit_" + chain_name(explicit_scales)] = Row("explicit", tuple(explicit_scales), flip)
     return specs
 
 
-def tta_rows(chain: Sequence[float], flip: bool = False, prefix: str = "") -> dict[str, Row]:
-    """The scale-1.0 network run at every scale of ``chain`` (TTA), without and with flip
+def tta_rows(hms_scales: Sequence[Sequence[float]], flip: bool = False, prefix: str = "") -> dict[str, Row]:
+    """The scale-1.0 network run at every scale of the headline chain (TTA), without and with flip
     (only with flip when ``flip``)."""
-    chain = tuple(sorted(float(s) for s in chain))
+    chain = headline_chain(hms_scales)
     specs = {f"{prefix}tta_{chain_name(chain)}": Row("tta", chain, flip)}
     if not flip:
         specs[f"{prefix}tta_flip_{chain_name(chain)}"] = Row("tta", chain, True)
@@ -93,7 +85,7 @@ def control_specs(hms_scales: Sequence[Sequence[float]], flip: bool = False) -> 
     """Rows of the equal-budget control (one scale-1.0 network trained on as many images as the
     whole HMS pipeline): alone, and at the headline chain's scales without and with flip."""
     return {CONTROL + "1.0": Row("single", (1.0,), flip),
-            **tta_rows(headline_chain(hms_scales), flip, prefix=CONTROL)}
+            **tta_rows(hms_scales, flip, prefix=CONTROL)}
 
 
 CONTROL = "control_"
@@ -286,33 +278,28 @@ def attention_means(evaluation: Evaluation, class_names: Sequence[str]) -> dict[
     how much the chain trusts scale ``s`` over the next higher one, per class."""
     pixels = next(iter(evaluation.confusion.values())).sum(1)  # every row sees the same ground truth
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {f"a_{scale_name(s)}": {c: float(v) for c, v in zip(class_names, np.where(pixels > 0, sums / pixels,
-                                                                                          np.nan))}
-                for s, sums in sorted(evaluation.attention_sums.items())}
-
-
-def method_label(name: str) -> str:
-    if name.startswith("scale_"):
-        return f"scale {name[6:]}"
-    if name.startswith("hms_"):
-        return "HMS " + name[4:].replace("-", ", ")
-    if name.startswith("explicit_"):
-        return "explicit attention " + name[9:].replace("-", ", ")
-    if name.startswith(CONTROL):
-        rest = name[len(CONTROL):]
-        return "equal-budget scale-1.0 network" + ("" if rest == "1.0" else method_label(rest)[len(_BRANCH):])
-    if name.startswith("tta_flip_"):
-        return _BRANCH + " at " + name[9:].replace("-", ", ") + " + flip (TTA)"
-    if name.startswith("tta_"):
-        return _BRANCH + " at " + name[4:].replace("-", ", ") + " (TTA)"
-    if name.startswith("avg_"):
-        return "average pooling " + name[4:].replace("-", ", ")
-    return {"avg": "average pooling", "max": "max pooling"}[name]
+        means = {s: np.where(pixels > 0, sums / pixels, np.nan) for s, sums in evaluation.attention_sums.items()}
+    return {f"a_{scale_name(s)}": {c: float(v) for c, v in zip(class_names, means[s])} for s in sorted(means)}
 
 
 # TTA rows run the HMS model's own scale-1.0 branch: fine-tuned when finetune.train_all (or in
 # shared mode, where it is the one network), the scale-1.0 expert as trained otherwise.
 _BRANCH = "HMS model's scale-1.0 branch"
+# Labels of the rows named prefix + scales ("0.5-1.0", shown "0.5, 1.0"); tta_flip_ comes before tta_.
+_CHAIN_LABELS = {"hms_": "HMS {}", "explicit_": "explicit attention {}", "tta_flip_": _BRANCH + " at {} + flip (TTA)",
+                 "tta_": _BRANCH + " at {} (TTA)", "avg_": "average pooling {}"}
+
+
+def method_label(name: str) -> str:
+    if name.startswith("scale_"):
+        return f"scale {name[6:]}"
+    if name.startswith(CONTROL):
+        rest = name[len(CONTROL):]
+        return "equal-budget scale-1.0 network" + ("" if rest == "1.0" else method_label(rest)[len(_BRANCH):])
+    for prefix, label in _CHAIN_LABELS.items():
+        if name.startswith(prefix):
+            return label.format(name[len(prefix):].replace("-", ", "))
+    return {"avg": "average pooling", "max": "max pooling"}[name]
 
 
 def confusion_report(cms: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, Any]:
@@ -396,9 +383,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], mark_best
             return "-"
         return f"**{v}**" if c in best and v == best[c] else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(table_lines(columns, ([cell(r, c) for c in columns] for r in rows))) + "\n"
 
 
 def _missing(v: Any) -> bool:

@@ -48,16 +48,13 @@ class DeepLabV3PlusHead(nn.Module):
         )
         self.channels = channels
 
-    def concat(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The decoder's input ``[up(ASPP(out)), proj48(low)]`` at stride 4 (``channels + 48`` wide)."""
+    def forward_with_concat(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f, c)``: the decoder's output ``f = decoder(c)`` and its input
+        ``c = [up(ASPP(out)), proj48(low)]`` at stride 4 (``channels + 48`` wide)."""
         low = self.low_proj(features["low"])
         high = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear",
                              align_corners=False)
-        return torch.cat([high, low], dim=1)
-
-    def forward_with_concat(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(f, c)``: the decoder's output ``f = decoder(c)`` and its input ``c`` (:meth:`concat`)."""
-        c = self.concat(features)
+        c = torch.cat([high, low], dim=1)
         return self.decoder(c), c
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -81,7 +81,7 @@ def hierarchical_fusion(outputs: dict[float, Sequence[torch.Tensor | None]]) -> 
         raise ValueError(f"hms scales {scales} must contain 1.0")
     pred = outputs[scales[0]][0]
     for s in scales[1:]:
-        p_s, a_s = outputs[s][0], outputs[s][1]
+        p_s, a_s = outputs[s][:2]
         pred = fuse_higher(pred, p_s, a_s) if s >= 1.0 else fuse_lower(pred, p_s, a_s)
     return pred
 
@@ -143,7 +143,7 @@ class HMS(nn.Module):
         or ``attention`` is False.
         """
         size = scaled_size(tuple(image.shape[-2:]), scale)
-        return tuple(self.branch_forward(image, scale, size, attention=attention))[:2]
+        return self.branch_forward(image, scale, size, attention=attention)[:2]
 
     def pair_forward(self, image_hi: torch.Tensor, lo: float, hi: float
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torch import nn
@@ -102,17 +102,10 @@ def _rename(key: str, to_new: bool) -> str:
 
 def _in_layout(key: str, own: Collection[str]) -> str:
     """``key`` renamed to the layout of ``own`` (the keys of the module at hand) when it is in the other one."""
-    if key in own:
-        return key
-    for candidate in (_rename(key, to_new=True), _rename(key, to_new=False)):
+    for candidate in (key, _rename(key, to_new=True), _rename(key, to_new=False)):
         if candidate in own:
             return candidate
     return key
-
-
-def match_layout(state: Mapping[str, Any], own: Collection[str]) -> dict[str, Any]:
-    """``state`` with its keys in the transformers layout of ``own``; keys that fit neither are kept."""
-    return {_in_layout(k, own): v for k, v in state.items()}
 
 
 def _load_any_layout(module: nn.Module) -> None:
@@ -184,4 +177,6 @@ def load_mit_pretrained(body: nn.Module, name: str, pretrained: str) -> None:
             f"on a machine with internet access, or use 'none'")
     path = Path(pretrained)
     state = {k.removeprefix(_HF_PREFIX): v for k, v in read_state_dict(path).items() if not k.startswith(_NOT_TRUNK)}
-    load_checked(body, match_layout(state, frozenset(body.state_dict())), name, path)
+    own = frozenset(body.state_dict())
+    # Keys renamed to body's transformers layout; keys that fit neither layout are kept (load_checked names them).
+    load_checked(body, {_in_layout(k, own): v for k, v in state.items()}, name, path)

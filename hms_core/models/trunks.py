@@ -46,18 +46,6 @@ class Trunk(nn.Module):
         return self.body(x)
 
 
-def _classifier_net(name: str, output_stride: int) -> nn.Module:
-    if name in ("resnet50", "resnet101"):
-        # OS16 dilates layer4, OS8 dilates layer3 and layer4 (DeepLab's recipe).
-        dilation = [False, output_stride == 8, True]
-        return getattr(models, name)(weights=None, replace_stride_with_dilation=dilation)
-    if name == "mobilenet_v3_large":
-        if output_stride != 16:
-            raise ValueError(f"output_stride: mobilenet_v3_large supports 16 only, got {output_stride}")
-        return models.mobilenet_v3_large(weights=None, dilated=True)
-    raise ValueError(f"trunk: unknown trunk {name!r}; expected one of {', '.join(TRUNKS)}")
-
-
 def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     """Load ImageNet weights from a local file; never downloads.
 
@@ -65,12 +53,11 @@ def _load_pretrained(net: nn.Module, name: str, pretrained: str) -> None:
     or a path to a state dict of the torchvision classification model.
     """
     if pretrained == PRETRAINED_IMAGENET:
-        url = _IMAGENET_WEIGHTS[name].url
-        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        path = Path(torch.hub.get_dir()) / "checkpoints" / _IMAGENET_WEIGHTS[name].url.rsplit("/", 1)[-1]
         if not path.is_file():
             raise FileNotFoundError(
                 f"pretrained: imagenet weights for {name} are not in the local torch cache ({path}); "
-                f"copy {url.rsplit('/', 1)[-1]} there, give a path to a state dict, or use 'none'")
+                f"copy {path.name} there, give a path to a state dict, or use 'none'")
     else:
         path = Path(pretrained)
     state = read_state_dict(path)
@@ -92,7 +79,13 @@ def build_trunk(name: str, output_stride: int = 16, pretrained: str = PRETRAINED
                          f"got {output_stride}")
     if name in MIT_TRUNKS:
         return MitTrunk(name, pretrained)
-    net = _classifier_net(name, output_stride)
+    # The name and the stride were checked above: a ResNet or MobileNetV3 at a stride it supports.
+    if name.startswith("resnet"):
+        # OS16 dilates layer4, OS8 dilates layer3 and layer4 (DeepLab's recipe).
+        dilation = [False, output_stride == 8, True]
+        net = getattr(models, name)(weights=None, replace_stride_with_dilation=dilation)
+    else:
+        net = models.mobilenet_v3_large(weights=None, dilated=True)
     if pretrained != PRETRAINED_NONE:
         _load_pretrained(net, name, pretrained)
     if name.startswith("resnet"):

@@ -27,10 +27,11 @@ from tqdm import tqdm
 from hms_core.data.dataset import normalise as normalise_chw
 from hms_core.data.labelmap import class_colors, class_label_ids
 from hms_core.data.resize import resize
-from hms_core.evaluate.rows import attention_maps, scale_name
+from hms_core.evaluate.rows import attention_maps
 from hms_core.io import atomic_write
 from hms_core.models.hms import HMS, hierarchical_fusion, load_hms
 from hms_core.models.multiscale import multiscale_forward
+from hms_core.text import scale_name
 from hms_core.train.engine import resolve_device
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -32,12 +32,10 @@ list of its params that differ from the repository's ``params.yaml`` and its sta
 ``metrics/``); ``--readme`` puts it between ``<!-- results:begin -->`` and
 ``<!-- results:end -->`` in ``README.md`` and leaves every other byte of the file as it was.
 
-This module imports neither torch nor the rest of the library (only pandas, PyYAML and
-``hms_core.io``, which imports torch only to read or write a checkpoint), so it runs in a second even
-where torch is not installed. ``hms seeds`` (hms_core/tools/seeds.py), the same
-statistics over DVC experiments, takes them from here: :func:`flatten`, :func:`params_key`,
-:func:`summarise_table` (:func:`mean_std`, :func:`paired_difference`) and the markdown of
-:func:`score_lines` and :func:`difference_lines`.
+This module imports neither torch nor the rest of the library (only pandas, PyYAML, ``hms_core.text``
+and ``hms_core.io``, which imports torch only to read or write a checkpoint), so it runs in a second even
+where torch is not installed. ``hms seeds`` (hms_core/tools/seeds.py), the same statistics over DVC
+experiments, takes them from here (:func:`summarise_table` and its markdown).
 """
 from __future__ import annotations
 
@@ -51,12 +49,13 @@ import statistics
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import pandas as pd
 import yaml
 
 from hms_core.io import atomic_write
+from hms_core.text import chain_name, table_lines
 
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"
@@ -257,22 +256,17 @@ def set_arguments(changed: dict[str, Any]) -> str:
     return " ".join(f"-S {shlex.quote(f'{k}={format_value(v)}')}" for k, v in changed.items())
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+def merged(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the leaves of ``changes`` (nested, or keys ``"a.b"``) put in, as a new tree: what a
+    run with ``dvc exp run -S`` of those leaves runs with."""
     out: dict[str, Any] = {}
-    for key, value in flat.items():
+    for key, value in {**flatten(params), **flatten(changes)}.items():   # "a.b": 1 -> {"a": {"b": 1}}
         node = out
         *parents, last = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
     return out
-
-
-def merged(params: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with the leaves of ``changes`` (nested, or keys ``"a.b"``) put in, as a new tree: what a
-    run with ``dvc exp run -S`` of those leaves runs with."""
-    return unflatten({**flatten(params), **flatten(changes)})
 
 
 def lock_params(root: Path) -> dict[str, Any]:
@@ -303,16 +297,11 @@ def lock_differences(params: dict[str, Any], locked: dict[str, Any]) -> list[str
 
 # --------------------------------------------------------------------------- rows and statistics
 
-def scale_name(s: float) -> str:
-    """``1`` -> ``1.0``, ``0.25`` -> ``0.25``: how the evaluate stage names a scale."""
-    return f"{float(s):.1f}" if float(s) * 10 == int(float(s) * 10) else f"{float(s):g}"
-
-
 def headline_row(params: dict[str, Any]) -> str:
     """``hms_`` + the last chain of ``evaluate.hms_scales`` (the table's headline HMS row)."""
     try:
         chain = params["evaluate"]["hms_scales"][-1]
-        return HMS_PREFIX + "-".join(scale_name(s) for s in sorted(float(s) for s in chain))
+        return HMS_PREFIX + chain_name(chain)
     except (KeyError, IndexError, TypeError, ValueError):
         raise ReportError("params have no evaluate.hms_scales to name the headline HMS row") from None
 
@@ -407,14 +396,6 @@ class Group:
         return len(self.runs)
 
     @property
-    def seeds(self) -> list[Any]:
-        return [r.seed for r in self.runs]
-
-    @property
-    def headline(self) -> str:
-        return self.summary.hms
-
-    @property
     def budgets(self) -> dict[str, str]:
         """Row -> training images of its weights, "train + fine-tune", from the runs' ``table.csv`` and
         references (empty when no run has them); where runs disagree, their values joined by " / " in
@@ -485,12 +466,6 @@ def group_runs(runs: Sequence[Run], metric: str = METRIC, taken: Sequence[str] =
 
 # --------------------------------------------------------------------------- markdown
 
-def table_lines(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A markdown table: the line of ``head``, its rule, a line per row of cells."""
-    line = lambda cells: "| " + " | ".join(cells) + " |"
-    return [line(head), "|" + "---|" * len(head), *map(line, rows)]
-
-
 def pct(stat: Stat, signed: bool = False) -> str:
     """A fraction's mean (± std from 2 runs) in percent, or a difference's in percentage points, 2 decimals."""
     text = f"{100 * stat.mean:{'+' if signed else ''}.2f}"
@@ -512,10 +487,10 @@ def difference_lines(s: Summary) -> list[str]:
 
 
 def _seeds_text(group: Group) -> str:
-    seeds = ", ".join(str(s) for s in group.seeds)
-    label = "seed" if group.n == 1 else "seeds"
-    stat = "" if group.n == 1 else "; mean ± sample std (ddof = 1) over the runs"
-    return f"N = {group.n} ({label} {seeds}){stat}"
+    seeds = ", ".join(str(r.seed) for r in group.runs)
+    if group.n == 1:
+        return f"N = 1 (seed {seeds})"
+    return f"N = {group.n} (seeds {seeds}); mean ± sample std (ddof = 1) over the runs"
 
 
 def difference_table(group: Group) -> list[str]:
@@ -523,7 +498,7 @@ def difference_table(group: Group) -> list[str]:
     one (none when the headline row is missing)."""
     if not group.summary.differences:
         return []
-    return ["", f"Paired differences, run by run: d_i = {group.headline}_i - row_i, in percentage points; "
+    return ["", f"Paired differences, run by run: d_i = {group.summary.hms}_i - row_i, in percentage points; "
             "wins: the runs with d_i > 0.", "", *difference_lines(group.summary)]
 
 
@@ -536,8 +511,8 @@ def default_tables(run: Run) -> list[str]:
     costs = run.costs or {}
     rows = {row: m for row, m in run.metrics.items() if isinstance(m, dict)}
     head = ["row", "mIoU (%)", "pixel acc (%)", "mean class acc (%)"]
-    cells = {row: [row, _fmt(m.get("mIoU"), 100, 2), _fmt(m.get("pixel_acc"), 100, 2),
-                   _fmt(m.get("mean_class_acc"), 100, 2)] for row, m in rows.items()}
+    cells = {row: [row, *(_fmt(m.get(k), 100, 2) for k in ("mIoU", "pixel_acc", "mean_class_acc"))]
+             for row, m in rows.items()}
     if costs:
         head += ["params (M)", "ms/image", "peak MB"]
         for row in rows:
@@ -580,14 +555,12 @@ class Report:
     stale: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)   # (group, baseline), pairs.yaml's order
 
-    def all_groups(self) -> list[Group]:
-        return ([self.default] if self.default else []) + self.groups
-
     def group(self, name: str) -> Group:
-        for g in self.all_groups():
+        groups = ([self.default] if self.default else []) + self.groups
+        for g in groups:
             if g.name == name:
                 return g
-        names = ", ".join(g.name for g in self.all_groups()) or "none"
+        names = ", ".join(g.name for g in groups) or "none"
         raise ReportError(f"no group named '{name}' (groups: {names})")
 
     def readme_group(self) -> str:
@@ -716,7 +689,7 @@ def readme_table(report: Report, name: str | None = None) -> str:
     g = report.group(name or report.readme_group())
     source = (f"`{METRICS_DIR}/{EVAL_FILE}` (`dvc repro` with `{PARAMS_FILE}`)" if g.name == DEFAULT_GROUP
               else f"`{report.runs_dir}/` group `{g.name}`")
-    lines = [f"{source}: {describe(g.runs[0].params)}; {_seeds_text(g)}. Δ: {g.headline} minus the row (pp), "
+    lines = [f"{source}: {describe(g.runs[0].params)}; {_seeds_text(g)}. Δ: {g.summary.hms} minus the row (pp), "
              "with the runs it wins.", ""]
     if g.name == DEFAULT_GROUP and report.stale:
         lines += [f"**Stale:** written with other params than `{PARAMS_FILE}` (docs/results.md says which).", ""]
@@ -733,7 +706,7 @@ def readme_table(report: Report, name: str | None = None) -> str:
         if row in diffs:
             delta, wins = pct(diffs[row].stat, signed=True), f"{diffs[row].wins}/{diffs[row].stat.n}"
         else:
-            delta, wins = ("headline", "") if row == g.headline else ("-", "")
+            delta, wins = ("headline", "") if row == g.summary.hms else ("-", "")
         cells.append([row, pct(stats[g.summary.metric]), *[str(counts[row])] * with_n, delta, wins,
                       *[budgets.get(row, "-")] * bool(budgets)])
     lines += table_lines(head, cells)
