@@ -15,6 +15,9 @@ only the stages up to ``prepare`` run, for the reference of a seed whose pipelin
 ``--without-baselines`` (for ablations of the recipe): the stages up to ``finetune``, then the evaluate
 stage's script without the explicit-attention baseline and the equal-budget control, which are most of
 the time of a run; every other row (the experts, pooling, TTA, HMS) is the pipeline's own.
+``--warm-start`` (with ``--without-baselines``; an ablation the DAG cannot express yet): ``train@1.0``, then
+the other experts start from its weights (``stages/train.py --init``), then ``transplant`` and ``finetune``;
+the saved params carry ``bench.warm_start_from: 1.0`` so that the report keeps these runs apart.
 ``hms report`` reads those folders.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -36,9 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hms_core.config import load_params, validate  # noqa: E402
+from hms_core.text import scale_name  # noqa: E402
 from hms_core.tools.preset import merged, read_preset  # noqa: E402
 
 BASELINES = ("--explicit", "--control")   # evaluate's options that add the baselines' rows
+WARM_KEY = "bench.warm_start_from"   # in a --warm-start run's saved params: the scale its other experts start from
 KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/table.csv", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
@@ -64,6 +70,14 @@ def evaluate_without_baselines(dvc_yaml: Path) -> list[str]:
     words = shlex.split(yaml.safe_load(dvc_yaml.read_text())["stages"]["evaluate"]["cmd"])
     dropped = {i + k for i, w in enumerate(words) if w in BASELINES for k in (0, 1)}
     return [sys.executable] + [w for i, w in enumerate(words) if i not in dropped][1:]   # words[0]: "python"
+
+
+def warm_expert_command(dvc_yaml: Path, scale: float, source: float) -> list[str]:
+    """The ``train@scale`` command of ``dvc_yaml`` with ``--init`` the trained ``train@source`` expert's model,
+    run by this interpreter."""
+    cmd = yaml.safe_load(dvc_yaml.read_text())["stages"]["train"]["do"]["cmd"]
+    words = shlex.split(cmd.replace("${item}", scale_name(scale)))
+    return [sys.executable] + words[1:] + ["--init", f"models/experts/scale_{scale_name(source)}/model.pt"]
 
 
 def run_params(seed: int, presets: list[str], sets: list[str], dataset: str | None) -> dict:
@@ -100,6 +114,25 @@ def save_run(work: Path, out: Path, params: dict, text: str, dataset: Path | Non
     print(f"run_seed: {out.relative_to(ROOT)}", file=sys.stderr)
 
 
+def warm_start_repro(work: Path, params: dict, env: dict, log: IO[str]) -> int:
+    """``dvc repro train@1.0``; each other expert from it (:func:`warm_expert_command`), announced as DVC
+    announces a stage; then ``transplant`` and ``finetune`` alone (``--single-item``: DVC would retrain the
+    experts it did not train itself). Returns the first non-zero exit status, else 0."""
+    status = subprocess.call([sys.executable, "-m", "dvc", "repro", "train@1.0"], cwd=work, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
+    for scale in (float(s) for s in params["scales"] if float(s) != 1.0):
+        if status == 0:
+            log.write(f"Running stage 'train@{scale_name(scale)}':\n")
+            log.flush()
+            status = subprocess.call(warm_expert_command(work / "dvc.yaml", scale, 1.0), cwd=work, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+    for stage in ("transplant", "finetune"):
+        if status == 0:
+            status = subprocess.call([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=work,
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
@@ -113,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     until.add_argument("--reference-only", action="store_true", help="run only up to 'prepare', then the references")
     until.add_argument("--without-baselines", action="store_true",
                        help="up to 'finetune', then evaluate without the explicit baseline and the control")
+    p.add_argument("--warm-start", action="store_true",
+                   help=f"train@1.0 first, then every other expert starting from it (stages/train.py --init), "
+                        f"outside DVC; needs --without-baselines. The saved params get {WARM_KEY}: 1.0")
     p.add_argument("--keep", action="store_true", help="keep the worktree")
     args = p.parse_args(argv)
+    if args.warm_start and not args.without_baselines:
+        p.error("--warm-start needs --without-baselines")
 
     params = run_params(args.seed, args.preset, args.set, args.dataset)
     out = ROOT / "docs" / "runs" / args.name
@@ -125,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         target = ["prepare"] if args.reference_only else ["finetune"] if args.without_baselines else []
         with open(work / "repro.log", "w") as log:
-            status = subprocess.call([sys.executable, "-m", "dvc", "repro", *target],
-                                     cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            if args.warm_start:
+                status = warm_start_repro(work, params, env, log)
+            else:
+                status = subprocess.call([sys.executable, "-m", "dvc", "repro", *target],
+                                         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
             if status == 0 and args.without_baselines:
                 # Announced as dvc announces a stage, so that stage_times() gives it its own time.
                 log.write("Running stage 'evaluate':\n")
@@ -143,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         # worktree's absolute path, so that a run and its references have equal params.
         given = args.dataset and os.path.relpath(Path(args.dataset).resolve(), ROOT)
         params["data"]["convert"]["root"] = given or params["data"]["convert"]["root"]
+        if args.warm_start:   # not a pipeline key: it tells the report's groups apart
+            params[WARM_KEY.split(".")[0]] = {WARM_KEY.split(".")[1]: 1.0}
         if not args.reference_only:
             save_run(work, out, params, text, Path(args.dataset).resolve() if given else None, given)
         for model in args.reference:

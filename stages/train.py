@@ -17,6 +17,8 @@ from hms_core.train.jobs import control_steps, train_expert
 
 
 def main(args: argparse.Namespace, params: dict) -> None:
+    if args.control and args.init:
+        raise ValueError("--init: the equal-budget control trains from scratch (or from pretrained)")
     if args.control and float(args.scale) != 1.0:
         raise ValueError(f"--scale {args.scale}: the equal-budget control trains at scale 1.0")
     if not args.control and float(args.scale) not in [float(s) for s in params["scales"]]:
@@ -24,7 +26,7 @@ def main(args: argparse.Namespace, params: dict) -> None:
     steps = control_steps(params) if args.control else None
     with training_session(params["runtime"], args.live) as (ctx, live):
         summary = train_expert(params, float(args.scale), args.prepared, Path(args.out) / "model.pt",
-                               args.checkpoint, live, steps)
+                               args.checkpoint, live, steps, init=args.init)
         if live is not None:
             live.summary.update({"epochs": summary["epochs"]})
     if ctx.is_main:
@@ -37,6 +39,8 @@ if __name__ == "__main__":
     parser.add_argument("--scale", required=True, type=float)
     parser.add_argument("--control", action="store_true",
                         help="train the equal-budget control (as many images as experts + fine-tuning)")
+    parser.add_argument("--init", help="start from this trained expert's model.pt (a warm start; not used by "
+                        "dvc.yaml: bench/run_seed.py --warm-start measures it)")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", required=True, help="folder for model.pt")
     parser.add_argument("--checkpoint", required=True, help="resumable checkpoint (persisted)")

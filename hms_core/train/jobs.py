@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 
 from hms_core.data.dataset import TrainSet, read_index
-from hms_core.io import save_checkpoint
+from hms_core.io import load_checkpoint, save_checkpoint
 from hms_core.models.explicit import ExplicitAttention
 from hms_core.models.hms import HMS
 from hms_core.models.segmodel import build_seg_model, model_meta
+from hms_core.models.weights import load_checked
 from hms_core.runtime import distributed
 from hms_core.runtime.distributed import Context
 from hms_core.runtime.speed import Speed, configure_backends, cpu_state_dict
@@ -67,16 +69,31 @@ def control_steps(params: dict[str, Any]) -> int:
     return math.ceil(pipeline_images(params) / params["train"]["batch_size"])
 
 
+def load_expert(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
+    """Start ``model`` from the trained expert saved at ``path`` (a warm start): the expert must have the
+    architecture ``meta`` (:func:`model_meta`); every key and shape is checked."""
+    saved = load_checkpoint(path)
+    found = {k: saved["meta"].get(k) for k in meta}
+    if found != meta:
+        raise ValueError(f"{path}: an expert of {found}, not of this model {meta}")
+    load_checked(model, saved["state_dict"], "the model", path)
+
+
 def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out: str | Path,
-                 checkpoint: str | Path, live: Any | None = None, steps: int | None = None) -> dict[str, Any]:
+                 checkpoint: str | Path, live: Any | None = None, steps: int | None = None,
+                 init: str | Path | None = None) -> dict[str, Any]:
     """Train trunk + head at image scale ``scale`` with cross-entropy (ignore 255), for ``train.steps``
-    steps or ``steps`` (the equal-budget control: :func:`control_steps`)."""
+    steps or ``steps`` (the equal-budget control: :func:`control_steps`), from the trained expert saved
+    at ``init`` when given (:func:`load_expert`), else from ``pretrained`` or random weights."""
     cfg, seed = params["train"], params["seed"]
     if steps is not None:
         cfg = {**cfg, "steps": steps}
     speed, ctx = _setup(params)
     meta = model_meta(params)
-    model = speed.prepare_model(build_seg_model(meta, params["pretrained"]))
+    model = build_seg_model(meta, params["pretrained"])
+    if init is not None:
+        load_expert(model, init, meta)
+    model = speed.prepare_model(model)
     distributed.convert_sync_batchnorm(model, ctx, speed.device)
     index = read_index(prepared, "train")
     dataset = TrainSet(index, scale, cfg["crop"], cfg["scale_jitter"], cfg["hflip"], seed)
@@ -86,14 +103,15 @@ def train_expert(params: dict[str, Any], scale: float, prepared: str | Path, out
 
     # dict(): the checkpoint holds plain data only (cfg may be hms_core.config.Tracked).
     run_id = {"stage": "train", "scale": scale, "seed": seed, "meta": meta, "train": dict(cfg),
-              "pretrained": params["pretrained"]}
+              "pretrained": params["pretrained"], **({} if init is None else {"init": str(init)})}
     summary = fit(model, loss_fn, lambda start: sample_stream(dataset, cfg, start, params["runtime"]["workers"],
                                                              speed, ctx),
                   # The starting weights are part of the fingerprint: new pretrained weights start afresh.
                   cfg, checkpoint, resume_run_id(run_id, ctx, prepared, model), live, desc=f"train scale {scale}",
                   speed=speed, ctx=ctx)
     images = images_seen(cfg["steps"], cfg, ctx)
-    meta = {**meta, "scale": scale, "steps": cfg["steps"], "images": images, "epochs": images / len(index)}
+    meta = {**meta, "scale": scale, "steps": cfg["steps"], "images": images, "epochs": images / len(index),
+            **({} if init is None else {"init": str(init)})}
     if ctx.is_main:
         save_checkpoint(out, {"meta": meta, "state_dict": cpu_state_dict(model)})
     return {**summary, "epochs": meta["epochs"]}
