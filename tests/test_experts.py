@@ -10,7 +10,7 @@ from hms_core.io import save_checkpoint
 from hms_core.models.hms import HMS, nearest_expert, scale_key
 from hms_core.models.segmodel import build_seg_model
 from hms_core.models.transplant import single_network
-from hms_core.train.jobs import control_steps, pipeline_images
+from hms_core.train.jobs import control_steps, load_expert, pipeline_images
 
 
 @pytest.mark.parametrize("scale, expert", [(0.5, 0.5), (0.25, 0.5), (0.1, 0.5), (0.75, 1.0), (0.6, 0.5),
@@ -73,3 +73,15 @@ def test_the_control_runs_as_one_network_at_every_scale(tmp_path, tiny_meta):
         for s in (0.5, 1.0, 2.0):
             size = (round(32 * s), round(32 * s))
             assert torch.equal(control.scale_forward(image, s, attention=False)[0], net(resize_image(image, size)))
+
+
+def test_a_warm_start_loads_the_source_experts_weights_and_refuses_another_architecture(tmp_path, tiny_meta):
+    source = build_seg_model(tiny_meta)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"meta": {**tiny_meta, "scale": 1.0, "images": 26}, "state_dict": source.state_dict()})
+    fresh = build_seg_model(tiny_meta)   # another random initialisation
+    load_expert(fresh, path, tiny_meta)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in fresh.state_dict().items())
+    wider = {**tiny_meta, "head_channels": 2 * tiny_meta["head_channels"]}
+    with pytest.raises(ValueError, match="model.pt: an expert of"):
+        load_expert(build_seg_model(wider), path, wider)
