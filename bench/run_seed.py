@@ -44,7 +44,7 @@ from hms_core.text import scale_name  # noqa: E402
 from hms_core.tools.preset import merged, read_preset  # noqa: E402
 
 BASELINES = ("--explicit", "--control")   # evaluate's options that add the baselines' rows
-WARM_KEY = "bench.warm_start_from"   # in a --warm-start run's saved params: the scale its other experts start from
+WARM_PARAMS = {"bench": {"warm_start_from": 1.0}}   # added to a --warm-start run's saved params (no pipeline key)
 KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/table.csv", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     until.add_argument("--without-baselines", action="store_true",
                        help="up to 'finetune', then evaluate without the explicit baseline and the control")
     p.add_argument("--warm-start", action="store_true",
-                   help=f"train@1.0 first, then every other expert starting from it (stages/train.py --init), "
-                        f"outside DVC; needs --without-baselines. The saved params get {WARM_KEY}: 1.0")
+                   help="train@1.0 first, then every other expert starting from it (stages/train.py --init), "
+                        "outside DVC; needs --without-baselines. The saved params get bench.warm_start_from: 1.0")
     p.add_argument("--keep", action="store_true", help="keep the worktree")
     args = p.parse_args(argv)
     if args.warm_start and not args.without_baselines:
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         # worktree's absolute path, so that a run and its references have equal params.
         given = args.dataset and os.path.relpath(Path(args.dataset).resolve(), ROOT)
         params["data"]["convert"]["root"] = given or params["data"]["convert"]["root"]
-        if args.warm_start:   # not a pipeline key: it tells the report's groups apart
-            params[WARM_KEY.split(".")[0]] = {WARM_KEY.split(".")[1]: 1.0}
+        if args.warm_start:   # tells the report's groups apart
+            params.update(WARM_PARAMS)
         if not args.reference_only:
             save_run(work, out, params, text, Path(args.dataset).resolve() if given else None, given)
         for model in args.reference:
