@@ -44,7 +44,8 @@ from hms_core.text import scale_name  # noqa: E402
 from hms_core.tools.preset import merged, read_preset  # noqa: E402
 
 BASELINES = ("--explicit", "--control")   # evaluate's options that add the baselines' rows
-WARM_PARAMS = {"bench": {"warm_start_from": 1.0}}   # added to a --warm-start run's saved params (no pipeline key)
+WARM_SOURCE = 1.0   # --warm-start: the expert the others start from
+WARM_PARAMS = {"bench": {"warm_start_from": WARM_SOURCE}}   # added to such a run's saved params (no pipeline key)
 KEPT = ("metrics/eval.json", "metrics/table.md", "metrics/table.csv", "metrics/attention.json")
 STAGE = re.compile(r"^Running stage '([^']+)'")
 DONE = re.compile(r"^\S+: done in ([0-9.]+) s$")
@@ -118,13 +119,13 @@ def warm_start_repro(work: Path, params: dict, env: dict, log: IO[str]) -> int:
     """``dvc repro train@1.0``; each other expert from it (:func:`warm_expert_command`), announced as DVC
     announces a stage; then ``transplant`` and ``finetune`` alone (``--single-item``: DVC would retrain the
     experts it did not train itself). Returns the first non-zero exit status, else 0."""
-    status = subprocess.call([sys.executable, "-m", "dvc", "repro", "train@1.0"], cwd=work, env=env, stdout=log,
-                             stderr=subprocess.STDOUT)
-    for scale in (float(s) for s in params["scales"] if float(s) != 1.0):
+    status = subprocess.call([sys.executable, "-m", "dvc", "repro", f"train@{scale_name(WARM_SOURCE)}"], cwd=work,
+                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    for scale in (float(s) for s in params["scales"] if float(s) != WARM_SOURCE):
         if status == 0:
             log.write(f"Running stage 'train@{scale_name(scale)}':\n")
             log.flush()
-            status = subprocess.call(warm_expert_command(work / "dvc.yaml", scale, 1.0), cwd=work, env=env,
+            status = subprocess.call(warm_expert_command(work / "dvc.yaml", scale, WARM_SOURCE), cwd=work, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
     for stage in ("transplant", "finetune"):
         if status == 0:
